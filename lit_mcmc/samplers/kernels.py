@@ -1,0 +1,327 @@
+"""MCMC kernels at a fixed diffusion level: Langevin (ULA, MALA) and Hamiltonian (U-HMC, HMC).
+
+A kernel is ``init`` (evaluate the target at the start point) and ``step`` (one transition) over a small
+:class:`ChainState` that caches the current point's evaluation, so nothing is evaluated twice; ``run`` chains
+``n_steps`` transitions. Whether a kernel is Metropolis-adjusted, and how, is its ``correction`` strategy
+(``samplers/corrections.py``): ULA is Langevin without one, MALA with one; likewise U-HMC and HMC.
+Accept/reject is per sample, and a NaN or infinite log-ratio is a rejection.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from lit_mcmc.samplers.corrections import Correction, CorrectionName, CurveIntegral, dot, make_correction
+from lit_mcmc.samplers.random import RandomStream, as_random_stream
+from lit_mcmc.samplers.schedules import LevelValue, check_positive, value_at
+from lit_mcmc.targets import Evaluation, Target, where_rows
+
+MassValue = float | Tensor | LevelValue
+
+
+@dataclass
+class ChainState:
+    """The chain at one level: the point, the target's evaluation there, and (HMC) the momentum."""
+
+    x: Tensor
+    evaluation: Evaluation
+    t: int
+    momentum: Tensor | None = None
+
+
+@dataclass
+class StepInfo:
+    """What one transition did: per-sample acceptance, log-ratios (MH kernels) and evaluations per sample."""
+
+    accepted: Tensor
+    log_ratio: Tensor | None
+    nfe: int
+
+
+@dataclass
+class ChainInfo:
+    """Running statistics over many transitions (and levels) of a batch of chains."""
+
+    batch_size: int
+    adjusted: bool = False
+    n_steps: int = 0
+    nfe: int = 0
+    accepted_per_sample: Tensor | None = None
+    log_ratio_sum: float = 0.0
+    log_ratio_count: int = 0
+    n_nonfinite: int = 0
+    accept_rate_per_level: dict[int, float] = field(default_factory=dict)
+
+    def update(self, step: StepInfo) -> None:
+        self.n_steps += 1
+        self.nfe += step.nfe
+        acc = step.accepted.detach().double().cpu()
+        self.accepted_per_sample = acc if self.accepted_per_sample is None else self.accepted_per_sample + acc
+        if step.log_ratio is not None:
+            self.adjusted = True
+            finite = torch.isfinite(step.log_ratio)
+            self.n_nonfinite += int((~finite).sum())
+            self.log_ratio_sum += float(step.log_ratio[finite].double().sum())
+            self.log_ratio_count += int(finite.sum())
+
+    def merge(self, other: ChainInfo, level: int | None = None) -> None:
+        """Add another run's statistics (e.g. one level of an annealed run), recording its rate per level."""
+        self.adjusted = self.adjusted or other.adjusted
+        self.n_steps += other.n_steps
+        self.nfe += other.nfe
+        if other.accepted_per_sample is not None:
+            self.accepted_per_sample = (other.accepted_per_sample if self.accepted_per_sample is None
+                                        else self.accepted_per_sample + other.accepted_per_sample)
+        self.log_ratio_sum += other.log_ratio_sum
+        self.log_ratio_count += other.log_ratio_count
+        self.n_nonfinite += other.n_nonfinite
+        if level is not None and other.n_steps:
+            self.accept_rate_per_level[level] = other.accept_rate
+
+    @property
+    def accept_rate_per_sample(self) -> Tensor:
+        if self.accepted_per_sample is None or self.n_steps == 0:
+            return torch.ones(self.batch_size, dtype=torch.float64)
+        return self.accepted_per_sample / self.n_steps
+
+    @property
+    def accept_rate(self) -> float:
+        """Mean acceptance over samples and steps (1.0 for unadjusted kernels, which accept every proposal)."""
+        return float(self.accept_rate_per_sample.mean())
+
+    @property
+    def log_ratio_mean(self) -> float:
+        return self.log_ratio_sum / self.log_ratio_count if self.log_ratio_count else math.nan
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-friendly summary."""
+        return {
+            "adjusted": self.adjusted,
+            "accept_rate": self.accept_rate,
+            "nfe": self.nfe,
+            "n_steps": self.n_steps,
+            "log_ratio_mean": self.log_ratio_mean,
+            "n_nonfinite": self.n_nonfinite,
+            "accept_rate_per_level": {str(k): v for k, v in self.accept_rate_per_level.items()},
+        }
+
+
+class Kernel(ABC):
+    """One MCMC transition at a fixed level t, optionally Metropolis-adjusted by a :class:`Correction`."""
+
+    correction: Correction | None = None
+    carries_momentum: bool = False
+
+    @property
+    def needs_log_prob(self) -> bool:
+        return self.correction is not None and self.correction.needs_log_prob
+
+    def check_target(self, target: Target) -> None:
+        """Fail clearly when the correction needs what the target cannot give."""
+        if self.needs_log_prob:
+            target.require_log_prob(f"{type(self).__name__} with correction='energy'")
+
+    def evaluate(self, target: Target, x: Tensor, t: int, with_log_prob: bool | None = None) -> Evaluation:
+        ev = target.evaluate(x, t, with_log_prob=self.needs_log_prob if with_log_prob is None else with_log_prob)
+        if ev.score.shape != x.shape:
+            raise ValueError(f"{type(target).__name__}.score returned shape {tuple(ev.score.shape)} for x of "
+                             f"shape {tuple(x.shape)}: a target's score must be shaped like x")
+        return ev
+
+    def init(self, target: Target, x: Tensor, t: int, momentum: Tensor | None = None,
+             generator: torch.Generator | RandomStream | None = None) -> tuple[ChainState, int]:
+        """(state at x, evaluations per sample it cost)."""
+        self.check_target(target)
+        if x.dim() < 2:
+            raise ValueError(f"x must be batched, shape [B, ...], got {tuple(x.shape)}")
+        return ChainState(x, self.evaluate(target, x, t), t), 1
+
+    @abstractmethod
+    def step(self, target: Target, state: ChainState, rng: RandomStream) -> tuple[ChainState, StepInfo]:
+        """One transition."""
+
+    def run(self, target: Target, x: Tensor, t: int, n_steps: int,
+            generator: torch.Generator | RandomStream | None = None,
+            momentum: Tensor | None = None) -> tuple[Tensor, ChainInfo]:
+        """Plain MCMC on ``target`` at level ``t``: ``n_steps`` transitions from x. Returns (x, info)."""
+        state, info = self.run_chain(target, x, t, n_steps, generator, momentum)
+        return state.x, info
+
+    def run_chain(self, target: Target, x: Tensor, t: int, n_steps: int,
+                  generator: torch.Generator | RandomStream | None = None,
+                  momentum: Tensor | None = None) -> tuple[ChainState, ChainInfo]:
+        """Like :meth:`run`, returning the final state (its cached evaluation and momentum can be reused)."""
+        if int(n_steps) != n_steps or n_steps < 0:
+            raise ValueError(f"n_steps={n_steps} must be a non-negative integer")
+        rng = as_random_stream(generator)
+        with torch.no_grad():
+            state, nfe = self.init(target, x, t, momentum, rng)
+            info = ChainInfo(batch_size=x.shape[0], adjusted=self.correction is not None, nfe=nfe)
+            for _ in range(int(n_steps)):
+                state, step_info = self.step(target, state, rng)
+                info.update(step_info)
+        return state, info
+
+    def _accept(self, log_ratio: Tensor, rng: RandomStream, like: Tensor) -> Tensor:
+        # A NaN or infinite log-ratio signals a numerical breakdown, not a certain move: reject it.
+        u = rng.uniform(like)
+        return (torch.log(u) < log_ratio) & torch.isfinite(log_ratio)
+
+
+class LangevinKernel(Kernel):
+    """x' = x + ε g(x) + √(2ε) ξ, optionally MH-adjusted (ALGORITHMS.md §4.1–4.2). Use :class:`ULA` or :class:`MALA`."""
+
+    def __init__(self, step_size: LevelValue, correction: Correction | None = None) -> None:
+        check_positive(step_size, "step_size")
+        if isinstance(correction, CurveIntegral):
+            raise ValueError("correction='curve' integrates along a multi-step path (HMC's leapfrog); a Langevin "
+                             "proposal is one straight step: use correction='line'")
+        self.step_size = step_size
+        self.correction = correction
+
+    def step(self, target: Target, state: ChainState, rng: RandomStream) -> tuple[ChainState, StepInfo]:
+        x, ev0, t = state.x, state.evaluation, state.t
+        eps = value_at(self.step_size, t, "step_size")
+        mean_fwd = x + eps * ev0.score
+        x_new = mean_fwd + math.sqrt(2 * eps) * rng.normal(x)
+        ev1 = self.evaluate(target, x_new, t)
+        if self.correction is None:
+            accepted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            return ChainState(x_new, ev1, t), StepInfo(accepted, None, 1)
+        delta, extra_nfe = self.correction.delta(target, t, [x, x_new], [ev0, ev1])
+        log_q_fwd = -dot(x_new - mean_fwd, x_new - mean_fwd) / (4 * eps)
+        back = x - (x_new + eps * ev1.score)
+        log_q_rev = -dot(back, back) / (4 * eps)
+        log_ratio = delta + log_q_rev - log_q_fwd
+        accepted = self._accept(log_ratio, rng, x)
+        new = ChainState(where_rows(accepted, x_new, x), ev1.where(accepted, ev0), t)
+        return new, StepInfo(accepted, log_ratio, 1 + extra_nfe)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(step_size={self.step_size!r}, correction={self.correction!r})"
+
+
+class ULA(LangevinKernel):
+    """Unadjusted Langevin: one score evaluation per step."""
+
+    def __init__(self, step_size: LevelValue) -> None:
+        super().__init__(step_size, None)
+
+
+class MALA(LangevinKernel):
+    """Metropolis-adjusted Langevin ("LA" in the papers) with an exact ("energy") or integrated ("line") Δ."""
+
+    def __init__(self, step_size: LevelValue, correction: CorrectionName | Correction = "energy",
+                 n_points: int = 0) -> None:
+        super().__init__(step_size, make_correction(correction, n_points))
+
+
+class HamiltonianKernel(Kernel):
+    """Generalised HMC with partial momentum refresh, optionally MH-adjusted (ALGORITHMS.md §4.3–4.4).
+
+    Per step: v' = γ v + √(1−γ²) M^{1/2} ξ; ``n_leapfrog`` leapfrog steps of size ε with diagonal mass M; then,
+    if adjusted, accept (x_L, v_L) with log α = Δ − ½v_LᵀM⁻¹v_L + ½v'ᵀM⁻¹v'. On rejection the momentum is
+    negated (``flip_on_reject=True``, Horowitz's generalised HMC, needed for invariance when γ > 0); the papers
+    keep v' instead (``flip_on_reject=False``). Use :class:`UHMC` or :class:`HMC`.
+    """
+
+    def __init__(self, step_size: LevelValue, n_leapfrog: int = 3, damping: float = 0.0, mass: MassValue = 1.0,
+                 correction: Correction | None = None, flip_on_reject: bool = True,
+                 carry_momentum: bool = False) -> None:
+        check_positive(step_size, "step_size")
+        if int(n_leapfrog) != n_leapfrog or n_leapfrog < 1:
+            raise ValueError(f"n_leapfrog={n_leapfrog} must be a positive integer")
+        if not 0.0 <= damping <= 1.0:
+            raise ValueError(f"damping={damping} must lie in [0, 1] (the fraction of momentum kept per step)")
+        if isinstance(mass, Tensor):
+            if not bool((mass > 0).all()):
+                raise ValueError("mass must be positive in every coordinate")
+        else:
+            check_positive(mass, "mass")
+        self.step_size = step_size
+        self.n_leapfrog = int(n_leapfrog)
+        self.damping = float(damping)
+        self.mass = mass
+        self.correction = correction
+        self.flip_on_reject = flip_on_reject
+        self.carries_momentum = carry_momentum
+
+    def mass_at(self, t: int, x: Tensor) -> Tensor | float:
+        """The diagonal mass at level t: a float, or a tensor broadcastable to one sample's shape."""
+        if isinstance(self.mass, Tensor):
+            mass = self.mass.to(x)
+            try:
+                torch.broadcast_shapes(mass.shape, x.shape[1:])
+            except RuntimeError:
+                raise ValueError(f"mass of shape {tuple(mass.shape)} does not broadcast to a sample of shape "
+                                 f"{tuple(x.shape[1:])}") from None
+            return mass
+        return value_at(self.mass, t, "mass")
+
+    def init(self, target: Target, x: Tensor, t: int, momentum: Tensor | None = None,
+             generator: torch.Generator | RandomStream | None = None) -> tuple[ChainState, int]:
+        state, nfe = super().init(target, x, t)
+        if momentum is None:
+            momentum = _sqrt(self.mass_at(t, x)) * as_random_stream(generator).normal(x)
+        elif momentum.shape != x.shape:
+            raise ValueError(f"momentum shape {tuple(momentum.shape)} does not match x {tuple(x.shape)}")
+        state.momentum = momentum
+        return state, nfe
+
+    def step(self, target: Target, state: ChainState, rng: RandomStream) -> tuple[ChainState, StepInfo]:
+        x, ev0, t = state.x, state.evaluation, state.t
+        eps = value_at(self.step_size, t, "step_size")
+        mass = self.mass_at(t, x)
+        gamma = self.damping
+        v_refreshed = gamma * state.momentum + math.sqrt(1 - gamma**2) * _sqrt(mass) * rng.normal(x)  # type: ignore[operator]
+        path, evals = [x], [ev0]
+        x_l, v_l, ev_l = x, v_refreshed, ev0
+        for i in range(self.n_leapfrog):
+            v_l = v_l + 0.5 * eps * ev_l.score
+            x_l = x_l + eps * v_l / mass
+            ev_l = self.evaluate(target, x_l, t, with_log_prob=self.needs_log_prob and i == self.n_leapfrog - 1)
+            v_l = v_l + 0.5 * eps * ev_l.score
+            path.append(x_l)
+            evals.append(ev_l)
+        if self.correction is None:
+            accepted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+            return ChainState(x_l, ev_l, t, v_l), StepInfo(accepted, None, self.n_leapfrog)
+        delta, extra_nfe = self.correction.delta(target, t, path, evals)
+        log_ratio = delta - 0.5 * dot(v_l, v_l / mass) + 0.5 * dot(v_refreshed, v_refreshed / mass)
+        accepted = self._accept(log_ratio, rng, x)
+        v_rejected = -v_refreshed if self.flip_on_reject else v_refreshed
+        new = ChainState(where_rows(accepted, x_l, x), ev_l.where(accepted, ev0), t,
+                         where_rows(accepted, v_l, v_rejected))
+        return new, StepInfo(accepted, log_ratio, self.n_leapfrog + extra_nfe)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(step_size={self.step_size!r}, n_leapfrog={self.n_leapfrog}, "
+                f"damping={self.damping}, mass={self.mass!r}, correction={self.correction!r}, "
+                f"flip_on_reject={self.flip_on_reject})")
+
+
+class UHMC(HamiltonianKernel):
+    """Unadjusted generalised HMC (R3's "UHA"): every leapfrog proposal is kept."""
+
+    def __init__(self, step_size: LevelValue, n_leapfrog: int = 3, damping: float = 0.0, mass: MassValue = 1.0,
+                 carry_momentum: bool = False) -> None:
+        super().__init__(step_size, n_leapfrog, damping, mass, None, True, carry_momentum)
+
+
+class HMC(HamiltonianKernel):
+    """MH-adjusted generalised HMC with an exact ("energy") or integrated ("line", "curve") Δ."""
+
+    def __init__(self, step_size: LevelValue, n_leapfrog: int = 3, damping: float = 0.0, mass: MassValue = 1.0,
+                 correction: CorrectionName | Correction = "energy", n_points: int = 0,
+                 flip_on_reject: bool = True, carry_momentum: bool = False) -> None:
+        super().__init__(step_size, n_leapfrog, damping, mass, make_correction(correction, n_points),
+                         flip_on_reject, carry_momentum)
+
+
+def _sqrt(value: Tensor | float) -> Tensor | float:
+    return value.sqrt() if isinstance(value, Tensor) else math.sqrt(value)
