@@ -1,0 +1,316 @@
+"""FID of generated images (torchmetrics), with the Inception-v3 FID network or any custom feature extractor.
+
+Also home of :class:`SampleMetricCallback`, the shared predict/validation plumbing of the image-metric
+callbacks (FID here, classifier accuracy in :mod:`callbacks.accuracy`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
+
+from lit_mcmc.metrics.images import to_uint8
+
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SOURCE = (
+    "torch-fidelity's release v0.2.0 (https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    f"{INCEPTION_WEIGHTS_FILE})"
+)
+INCEPTION_FEATURE_NAME = "inception-v3-pool3"
+
+
+class SampleMetricCallback(Callback, ABC):
+    """Base for callbacks that score generated images [B, C, H, W] in [-1, 1].
+
+    ``predict``: each batch's ``outputs["samples"]`` (and ``outputs.get("labels")``) from ``predict_step``
+    updates the metrics; at the end of the epoch they are computed into :attr:`last_values` and, on global rank
+    zero, written with ``add_scalar`` to every logger experiment that has it (tags ``predict/<name>``).
+
+    ``fit``/``validate``: every ``every_n_epochs`` validation epochs (0 disables it; the sanity check is
+    skipped) the callback asks ``pl_module.generate_samples(n, generator)`` for ``(samples, labels or None)``,
+    ``n_val_samples`` in total split over the ranks, with a generator seeded by ``seed + global_rank`` (the same
+    images every epoch, so epochs are comparable), and logs ``val/<name>`` with ``pl_module.log``.
+
+    Metric states are torchmetrics states: every rank updates its own and ``compute`` sums them over ranks, so
+    the logged values are already global. Subclasses implement ``_prepare``, ``_reset``, ``_update`` and
+    ``_compute``.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, n_val_samples: int = 256, seed: int = 0) -> None:
+        if every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 0 (0 turns off evaluation in fit)")
+        if n_val_samples < 1:
+            raise ValueError(f"n_val_samples={n_val_samples} must be >= 1")
+        self.every_n_epochs = every_n_epochs
+        self.n_val_samples = n_val_samples
+        self.seed = seed
+        self.last_values: dict[str, float] = {}
+
+    @abstractmethod
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Move metric states and networks to the module's device (called before every evaluation)."""
+
+    @abstractmethod
+    def _reset(self) -> None:
+        """Clear the states of generated images (FID keeps its real statistics)."""
+
+    @abstractmethod
+    def _update(self, samples: Tensor, labels: Tensor | None) -> None:
+        """Add a batch of generated images [B, C, H, W] in [-1, 1] and their target labels (or None)."""
+
+    @abstractmethod
+    def _compute(self) -> dict[str, float]:
+        """The metrics over everything added since the last reset, reduced over ranks: {name: value}."""
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._prepare(trainer, pl_module)
+        self._reset()
+
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(outputs, dict) or "samples" not in outputs:
+            found = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
+            raise KeyError(
+                f"{type(self).__name__} reads outputs['samples'] from predict_step, which returned {found}; "
+                "return a dict with 'samples' (images in [-1, 1]) and 'labels'"
+            )
+        self._update(outputs["samples"], outputs.get("labels"))
+
+    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.last_values = self._compute()
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            add_scalar = getattr(logger.experiment, "add_scalar", None)
+            if add_scalar is None:
+                continue
+            for name, value in self.last_values.items():
+                add_scalar(f"predict/{name}", value, trainer.global_step)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._due(trainer):
+            return
+        generate = getattr(pl_module, "generate_samples", None)
+        if generate is None:
+            raise AttributeError(
+                f"{type(self).__name__} evaluates during fit by calling pl_module.generate_samples(n, generator) "
+                f"-> (samples, labels), which {type(pl_module).__name__} does not have; set every_n_epochs=0 "
+                "to evaluate only in predict"
+            )
+        self._prepare(trainer, pl_module)
+        self._reset()
+        n_local = math.ceil(self.n_val_samples / trainer.world_size)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed + trainer.global_rank)
+        # Validation runs in inference mode, but MCMC sampling needs input gradients.
+        with torch.inference_mode(False), torch.enable_grad():
+            samples, labels = generate(n_local, generator)
+        self._update(samples.detach(), None if labels is None else labels.detach())
+        self.last_values = self._compute()
+        for name, value in self.last_values.items():
+            # The value is already reduced over ranks by torchmetrics, so no sync_dist here.
+            pl_module.log(f"val/{name}", value)
+
+    def _due(self, trainer: Trainer) -> bool:
+        if self.every_n_epochs == 0 or trainer.sanity_checking:
+            return False
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3 pool3 features (2048-d, torch-fidelity's FID network) of images in [-1, 1].
+
+    The weights come from a local file (``inception_weights``), never from the internet. ``antialias=False``
+    resizes to 299x299 like TensorFlow 1 (torch-fidelity's reference FID); True is torchmetrics' default.
+    """
+
+    num_features = 2048
+
+    def __init__(self, weights_path: str | Path, antialias: bool = False) -> None:
+        super().__init__()
+        path = Path(weights_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Inception-v3 FID weights not found at {path}: the file {INCEPTION_WEIGHTS_FILE} comes from "
+                f"{INCEPTION_SOURCE}. Download it on a machine with internet access and set the config key "
+                "`inception_weights` to its local path (or give a custom `feature_extractor`)."
+            )
+        # torch-fidelity reads the file with weights_only=False; loading it once with weights_only=True first
+        # refuses a file that holds anything but tensors.
+        torch.load(path, map_location="cpu", weights_only=True)
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=[str(self.num_features)],
+            feature_extractor_weights_path=str(path),
+            antialias=antialias,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(to_uint8(x))
+
+
+class ClassifierFeatures(nn.Module):
+    """A classifier's penultimate features (its ``features(x)`` method) as an FID feature extractor."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        if not callable(getattr(classifier, "features", None)):
+            raise TypeError(
+                f"classifier ({type(classifier).__name__}) has no features(x) method to extract FID features "
+                "from; use e.g. lit_mcmc.nets.resnet_cifar.load_resnet20()"
+            )
+        self.classifier = classifier
+        if hasattr(classifier, "num_features"):
+            self.num_features = int(classifier.num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier.features(x)
+
+
+class FIDCallback(SampleMetricCallback):
+    """FID between generated images and real images (torchmetrics' FrechetInceptionDistance).
+
+    Features: exactly one of ``inception_weights`` (a local torch-fidelity Inception-v3 weights file) or
+    ``feature_extractor`` (an nn.Module mapping images [B, C, H, W] in [-1, 1] to features [B, F], e.g.
+    ``ClassifierFeatures(load_resnet20())``; ``image_shape`` is the shape of one image, used to probe F when the
+    module has no ``num_features``).
+
+    Real statistics are read from ``real_stats_path`` when it holds statistics for the same
+    ``feature_name``/``dataset_name``; otherwise they are computed from ``real_data`` (a tensor [N, C, H, W] in
+    [-1, 1], or an iterable of such batches or of (images, labels) batches) in chunks of ``real_batch_size``
+    and saved there. They are kept across evaluations and held on global rank zero only (the other ranks hold
+    zeros), because torchmetrics sums metric states over ranks.
+    """
+
+    def __init__(
+        self,
+        inception_weights: str | None = None,
+        feature_extractor: nn.Module | None = None,
+        feature_name: str | None = None,
+        real_data: Tensor | Iterable[Any] | None = None,
+        real_stats_path: str | None = None,
+        dataset_name: str = "real",
+        image_shape: tuple[int, int, int] = (3, 32, 32),
+        real_batch_size: int = 250,
+        every_n_epochs: int = 1,
+        n_val_samples: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(every_n_epochs=every_n_epochs, n_val_samples=n_val_samples, seed=seed)
+        if (inception_weights is None) == (feature_extractor is None):
+            raise ValueError(
+                "give exactly one of inception_weights (a local Inception-v3 weights file) and "
+                f"feature_extractor (an nn.Module); got inception_weights={inception_weights!r} and "
+                f"feature_extractor={type(feature_extractor).__name__ if feature_extractor is not None else None}"
+            )
+        if feature_extractor is None:
+            feature_extractor = InceptionFeatures(inception_weights)
+            feature_name = feature_name or INCEPTION_FEATURE_NAME
+        elif feature_name is None and real_stats_path is not None:
+            raise ValueError(
+                "feature_name is required with a custom feature_extractor and real_stats_path: it keys the cached "
+                "real statistics, so that statistics of another extractor are never reused"
+            )
+        if real_batch_size < 1:
+            raise ValueError(f"real_batch_size={real_batch_size} must be >= 1")
+        self.feature_name = feature_name or type(feature_extractor).__name__
+        self.dataset_name = dataset_name
+        self.real_data = real_data
+        self.real_stats_path = Path(real_stats_path) if real_stats_path is not None else None
+        self.real_batch_size = real_batch_size
+        # normalize=True: a custom extractor receives our float images unchanged (and is probed with floats).
+        self.metric = FrechetInceptionDistance(
+            feature=feature_extractor.eval().requires_grad_(False),
+            reset_real_features=False,
+            normalize=True,
+            input_img_size=tuple(image_shape),
+        )
+        self._real_ready = False
+
+    @property
+    def stats_key(self) -> str:
+        """What the cached real statistics are of: ``<feature_name>/<dataset_name>``."""
+        return f"{self.feature_name}/{self.dataset_name}"
+
+    @property
+    def last_value(self) -> float:
+        """The most recent FID (NaN before the first evaluation)."""
+        return self.last_values.get("fid", math.nan)
+
+    def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # eval() again: a feature network that is also a submodule of pl_module is put in train mode by fit.
+        self.metric.to(pl_module.device).inception.eval()
+        if not self._real_ready:
+            if trainer.is_global_zero:
+                self._load_or_compute_real_stats()
+            self._real_ready = True
+
+    def _reset(self) -> None:
+        self.metric.reset()
+
+    def _update(self, samples: Tensor, labels: Tensor | None) -> None:
+        self.metric.update(samples.to(self.metric.device), real=False)
+
+    def _compute(self) -> dict[str, float]:
+        return {"fid": float(self.metric.compute())}
+
+    def _load_or_compute_real_stats(self) -> None:
+        path = self.real_stats_path
+        if path is not None and path.is_file():
+            stats = torch.load(path, map_location="cpu", weights_only=True)
+            if stats.get("key") != self.stats_key:
+                raise ValueError(
+                    f"real_stats_path={path} holds real statistics for {stats.get('key')!r}, not for "
+                    f"{self.stats_key!r} (feature_name/dataset_name); point real_stats_path at another file "
+                    "or delete this one to recompute it"
+                )
+            device = self.metric.device
+            self.metric.real_features_sum = stats["features_sum"].to(device, torch.float64)
+            self.metric.real_features_cov_sum = stats["features_cov_sum"].to(device, torch.float64)
+            self.metric.real_features_num_samples = stats["num_samples"].to(device)
+            return
+        if self.real_data is None:
+            raise ValueError(
+                f"FIDCallback has no real statistics: real_stats_path={path} does not exist and real_data is "
+                "None; give real_data (real images in [-1, 1]) to compute them"
+            )
+        for images in _image_batches(self.real_data, self.real_batch_size):
+            self.metric.update(images.to(self.metric.device), real=True)
+        if path is not None:
+            self._save_real_stats(path)
+
+    def _save_real_stats(self, path: Path) -> None:
+        stats = {
+            "key": self.stats_key,
+            "features_sum": self.metric.real_features_sum.cpu(),
+            "features_cov_sum": self.metric.real_features_cov_sum.cpu(),
+            "num_samples": self.metric.real_features_num_samples.cpu(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.partial")
+        torch.save(stats, partial)
+        os.replace(partial, path)  # atomic: a crash never leaves a truncated cache behind
+
+
+def _image_batches(data: Tensor | Iterable[Any], batch_size: int) -> Iterator[Tensor]:
+    """Image batches from a tensor [N, C, H, W] or an iterable of image or (images, labels) batches."""
+    if isinstance(data, Tensor):
+        yield from data.split(batch_size)
+        return
+    for batch in data:
+        yield batch if isinstance(batch, Tensor) else batch[0]

@@ -1,0 +1,47 @@
+"""Image metric helpers: [-1, 1] floats to uint8 pixels, R3 accuracy (p(y|x) > 0.5) and top-k accuracy."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Images in [-1, 1] → uint8 pixels in [0, 255]: ((x + 1) · 127.5), rounded, clamped.
+
+    This is the correct map; the reference code's FID path used (x + 1).clamp(0, 1), which saturates half of
+    the intensity range (ALGORITHMS.md §11.15).
+    """
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def _check_class_scores(scores: Tensor, labels: Tensor, name: str) -> None:
+    if scores.dim() != 2:
+        raise ValueError(f"{name} must have shape [B, n_classes], got {tuple(scores.shape)}")
+    if labels.shape != (scores.shape[0],):
+        raise ValueError(f"labels must have shape [B] = [{scores.shape[0]}], got {tuple(labels.shape)}")
+
+
+def r3_hits(probs: Tensor, labels: Tensor) -> Tensor:
+    """Per sample, whether the classifier gives the true class probability strictly above 0.5 (bool, [B])."""
+    _check_class_scores(probs, labels, "probs")
+    return probs.gather(1, labels.long().unsqueeze(1)).squeeze(1) > 0.5
+
+
+def r3_accuracy(probs: Tensor, labels: Tensor) -> float:
+    """R3 accuracy: the fraction of samples with p(y_true | x) > 0.5 (strict, as in the reference code)."""
+    return r3_hits(probs, labels).float().mean().item()
+
+
+def topk_hits(logits: Tensor, labels: Tensor, k: int) -> Tensor:
+    """Per sample, whether the true class is among the k highest scores (bool, [B])."""
+    _check_class_scores(logits, labels, "logits")
+    if not 1 <= k <= logits.shape[1]:
+        raise ValueError(f"k={k} must be between 1 and the number of classes ({logits.shape[1]})")
+    top = logits.topk(k, dim=1).indices
+    return (top == labels.long().unsqueeze(1)).any(dim=1)
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
+    """The fraction of samples whose true class is among the k highest logits (or probabilities)."""
+    return topk_hits(logits, labels, k).float().mean().item()
