@@ -7,6 +7,7 @@ the data are "level -1" (ᾱ_{-1} = 1). ``marginal_std[t]`` is σ_t = √(1 - �
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -75,11 +76,7 @@ class NoiseSchedule:
     def from_config(cls, kind: Literal["linear", "cosine"] = "cosine", T: int = 100, respace: int | None = None,  # noqa: N803
                     **kwargs: float) -> NoiseSchedule:
         """Build a schedule by name (what configs use): ``kind`` is "linear" or "cosine"."""
-        builders = {"linear": cls.linear, "cosine": cls.cosine}
-        if kind not in builders:
-            raise ValueError(f"schedule kind={kind!r} is not one of {sorted(builders)}")
-        schedule = builders[kind](T, **kwargs)
-        return schedule.respace(respace) if respace else schedule
+        return ScheduleConfig(kind, T, respace=respace, **kwargs).build()
 
     def respace(self, n_levels: int) -> NoiseSchedule:
         """Keep ``n_levels`` evenly spaced levels t_k = round(k (T-1)/(K-1)) (improved-diffusion style).
@@ -127,6 +124,35 @@ class NoiseSchedule:
         else:
             raise ValueError(f"reverse variance={variance!r} is not one of ['beta', 'posterior']")
         return mean + math.sqrt(var) * noise
+
+
+@dataclass
+class ScheduleConfig:
+    """A noise schedule as configs write it: ``{kind: cosine, T: 100}`` or ``{kind: linear, T: 1000}``.
+
+    ``beta_start``/``beta_end`` apply to "linear", ``s``/``max_beta`` to "cosine"; ``respace`` keeps that many
+    evenly spaced levels.
+    """
+
+    kind: Literal["linear", "cosine"] = "cosine"
+    T: int = 100  # noqa: N815
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    s: float = 0.008
+    max_beta: float = 0.999
+    respace: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("linear", "cosine"):
+            raise ValueError(f"schedule kind={self.kind!r} is not one of ['cosine', 'linear']")
+        _check_levels(self.T)
+
+    def build(self) -> NoiseSchedule:
+        if self.kind == "linear":
+            schedule = NoiseSchedule.linear(self.T, self.beta_start, self.beta_end)
+        else:
+            schedule = NoiseSchedule.cosine(self.T, self.s, self.max_beta)
+        return schedule.respace(self.respace) if self.respace else schedule
 
 
 def _check_levels(T: int) -> None:  # noqa: N803

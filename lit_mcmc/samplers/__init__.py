@@ -1,6 +1,7 @@
 """MCMC kernels, MH-correction strategies and the annealed driver."""
 
 from lit_mcmc.samplers.annealed import AnnealedSampler, LevelPlan
+from lit_mcmc.samplers.config import SamplerConfig
 from lit_mcmc.samplers.corrections import (
     Correction,
     CurveIntegral,
@@ -26,6 +27,6 @@ from lit_mcmc.samplers.schedules import BetaPower
 __all__ = [
     "HMC", "MALA", "ULA", "UHMC", "AnnealedSampler", "BetaPower", "ChainInfo", "ChainState", "Correction",
     "CurveIntegral", "EnergyDifference", "HamiltonianKernel", "Kernel", "LangevinKernel", "LevelPlan",
-    "LineIntegral", "PerSampleRandom", "RandomStream", "StepInfo", "TorchRandom", "as_random_stream",
+    "LineIntegral", "PerSampleRandom", "RandomStream", "SamplerConfig", "StepInfo", "TorchRandom", "as_random_stream",
     "make_correction",
 ]

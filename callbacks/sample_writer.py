@@ -1,0 +1,133 @@
+"""SampleWriter: one atomic shard per predict batch, merged into ``samples.npz`` + ``stats.json`` at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from lit_mcmc.data.indices import shard_name, shard_paths
+
+
+def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz so that readers see either nothing or the whole file (temporary file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class SampleWriter(BasePredictionWriter):
+    """Writes each predict batch as ``<output_dir>/shards/shard_<first>_<last>.npz`` the moment it is done.
+
+    At the end of the epoch rank 0 merges all shards (from this run and any earlier, interrupted ones) into
+    ``samples.npz`` (``samples`` N×…, ``indices``, ``accept_rate`` per sample) in index order, and
+    ``stats.json`` (acceptance overall and per level, NFE per sample, timings). ``output_dir`` defaults to the
+    trainer's ``default_root_dir``.
+    """
+
+    def __init__(self, output_dir: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.merged: dict[str, Any] | None = None
+        self._start = 0.0
+
+    def resolve_dir(self, trainer: L.Trainer) -> Path:
+        return Path(self.output_dir or trainer.default_root_dir)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+        self.merged = None
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        indices = prediction["indices"].numpy()
+        levels = sorted(prediction["accept_rate_per_level"])
+        atomic_save_npz(
+            self.resolve_dir(trainer) / "shards" / shard_name(indices),
+            indices=indices,
+            samples=prediction["samples"].detach().float().cpu().numpy(),
+            accept_rate=prediction["accept_rate"].numpy(),
+            nfe=np.array(prediction["nfe"]),
+            adjusted=np.array(prediction["adjusted"]),
+            levels=np.array(levels, dtype=np.int64),
+            level_accept_rate=np.array([prediction["accept_rate_per_level"][lvl] for lvl in levels]),
+            n_nonfinite=np.array(prediction["n_nonfinite"]),
+            seconds=np.array(prediction["seconds"]),
+        )
+
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.strategy.barrier()  # every rank has written its shards
+        if trainer.is_global_zero:
+            self.merged = self.merge(trainer, pl_module)
+        trainer.strategy.barrier()
+
+    def merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """Merge the shards into samples.npz and stats.json; returns {"samples", "indices", "stats"}."""
+        out = self.resolve_dir(trainer)
+        shards = [dict(np.load(p)) for p in shard_paths(out)]
+        if not shards:
+            raise RuntimeError(f"no sample shards found in {out / 'shards'}")
+        indices = np.concatenate([s["indices"] for s in shards])
+        order = np.argsort(indices, kind="stable")
+        indices = indices[order]
+        if len(np.unique(indices)) != len(indices):
+            raise RuntimeError(f"duplicate sample indices in {out / 'shards'}: shards overlap")
+        samples = np.concatenate([s["samples"] for s in shards])[order]
+        accept = np.concatenate([s["accept_rate"] for s in shards])[order]
+        atomic_save_npz(out / "samples.npz", samples=samples, indices=indices, accept_rate=accept)
+        stats = self._stats(shards, indices, accept, pl_module)
+        atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
+        return {"samples": samples, "indices": indices, "stats": stats}
+
+    def _stats(self, shards: list[dict[str, np.ndarray]], indices: np.ndarray, accept: np.ndarray,
+               pl_module: L.LightningModule) -> dict[str, Any]:
+        level_sums: dict[int, float] = {}
+        level_counts: dict[int, int] = {}
+        for s in shards:
+            n = len(s["indices"])
+            for level, rate in zip(s["levels"].tolist(), s["level_accept_rate"].tolist(), strict=True):
+                level_sums[level] = level_sums.get(level, 0.0) + rate * n
+                level_counts[level] = level_counts.get(level, 0) + n
+        sampling_seconds = float(sum(float(s["seconds"]) for s in shards))
+        sampler = getattr(pl_module, "sampler_config", None)
+        return {
+            "sampler": sampler.name if sampler is not None else None,
+            "hparams": sampler.hparams() if sampler is not None else {},
+            "n_samples": int(len(indices)),
+            "adjusted": bool(any(bool(s["adjusted"]) for s in shards)),
+            "accept_rate": float(accept.mean()),
+            "accept_rate_per_level": {str(k): level_sums[k] / level_counts[k] for k in sorted(level_sums)},
+            "nfe_per_sample": float(np.mean([float(s["nfe"]) for s in shards])),
+            "n_nonfinite_log_ratios": int(sum(int(s["n_nonfinite"]) for s in shards)),
+            "sampling_seconds": sampling_seconds,
+            "samples_per_second": len(indices) / sampling_seconds if sampling_seconds > 0 else None,
+            "wall_seconds": time.perf_counter() - self._start,
+        }
+
+
+def find_writer(trainer: L.Trainer) -> SampleWriter:
+    """The trainer's SampleWriter (callbacks that score samples read its merged output)."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(callback, SampleWriter):
+            return callback
+    raise RuntimeError("this callback needs a callbacks.sample_writer.SampleWriter in trainer.callbacks")

@@ -1,0 +1,86 @@
+"""Scores 2D samples at the end of ``predict``: LL, W2 and the GMM metric against exact target samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib
+import numpy as np
+
+from callbacks.sample_writer import atomic_write_text, find_writer
+from lit_mcmc.data.toy2d import DISTRIBUTIONS, sample_distribution, seeded_generator
+from lit_mcmc.metrics.toy2d import gmm_variance_metric, log_likelihood, wasserstein2
+
+matplotlib.use("Agg")
+
+
+class Toy2DMetrics(L.Callback):
+    """Compares the merged samples with as many exact samples of ``distribution`` (drawn with ``seed``).
+
+    Writes ``metrics.json`` and ``samples.png`` next to the samples and logs the metrics, with the sampler's
+    hyper-parameters, to TensorBoard's HParams view. LL (under the paper's extended product density) is reported
+    for the product only; W2 and the GMM metric for any distribution. ``paper_compat`` reproduces the reference
+    code's metric bugs (ALGORITHMS.md §11) for comparison with the paper's table.
+    """
+
+    def __init__(self, distribution: str = "product", seed: int = 12345, paper_compat: bool = False,
+                 plot: bool = True) -> None:
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"Toy2DMetrics.distribution={distribution!r} is not one of {list(DISTRIBUTIONS)}")
+        self.distribution = distribution
+        self.seed = seed
+        self.paper_compat = paper_compat
+        self.plot = plot
+        self.metrics: dict[str, float] = {}
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        writer = find_writer(trainer)
+        merged = writer.merged
+        if merged is None:
+            raise RuntimeError("Toy2DMetrics runs after SampleWriter has merged the samples")
+        samples = merged["samples"]
+        reference = sample_distribution(self.distribution, len(samples), seeded_generator(self.seed)).numpy()
+        self.metrics = self.evaluate(samples, reference)
+        out = writer.resolve_dir(trainer)
+        stats = merged["stats"]
+        record = {**self.metrics, "accept_rate": stats["accept_rate"], "nfe_per_sample": stats["nfe_per_sample"],
+                  "wall_seconds": stats["wall_seconds"], "samples_per_second": stats["samples_per_second"]}
+        atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
+        if self.plot:
+            self._plot(samples, reference, out / "samples.png", stats.get("sampler") or "samples")
+        self._log(trainer, stats.get("hparams", {}), record)
+
+    def evaluate(self, samples: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+        metrics = {
+            "w2": wasserstein2(samples, reference, self.paper_compat),
+            "gmm": gmm_variance_metric(reference, samples, match_components=not self.paper_compat),
+        }
+        if self.distribution == "product":
+            metrics["ll"] = log_likelihood(samples, self.paper_compat)
+        return metrics
+
+    @staticmethod
+    def _plot(samples: np.ndarray, reference: np.ndarray, path: Path, title: str) -> None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(reference[:, 0], reference[:, 1], s=2, alpha=0.3, c="tab:gray", label="exact")
+        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, c="tab:blue", label=title)
+        ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", title=title)
+        ax.legend(loc="upper right", markerscale=4, fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    @staticmethod
+    def _log(trainer: L.Trainer, hparams: dict[str, Any], record: dict[str, Any]) -> None:
+        numeric = {f"metrics/{k}": float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams, numeric)
+            logger.log_metrics(numeric, step=0)
+            logger.save()
