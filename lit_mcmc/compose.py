@@ -3,15 +3,23 @@
 Products and negations are linear in the parts' log-densities, so their score, integrand and exact part are the
 weighted sums of the parts': the MH correction then evaluates exactly what each part knows exactly and integrates
 only the rest. A mixture needs every part's absolute log-density (log-sum-exp), so score-only parts are refused.
+
+Guidance is composition too: classifier guidance multiplies a target by p_φ(y|x, t)^λ, whose log-probability is
+known exactly (the MH correction evaluates it instead of integrating it); classifier-free guidance is a product
+with weights (1 − w, w); reconstruction guidance applies a clean classifier to the Tweedie estimate x̂_0(x_t).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Sequence
+from typing import TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from lit_mcmc.diffusion import NoiseSchedule
 from lit_mcmc.targets import Evaluation, Target
 
 
@@ -92,3 +100,183 @@ class Mixture(Target):
         shape = (-1,) + (1,) * (x.dim() - 1)
         score = sum(resp[:, i].view(shape) * e.score for i, e in enumerate(evals))
         return Evaluation(score, score, x.new_zeros(x.shape[0]), torch.logsumexp(log_joint, dim=1))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Guidance
+# --------------------------------------------------------------------------------------------------------------
+
+
+def class_log_prob_and_grad(classifier: nn.Module, x: Tensor, labels: Tensor,
+                            *args: Tensor) -> tuple[Tensor, Tensor]:
+    """(log softmax(classifier(x, *args))_y [B], its gradient in x), from one forward and one backward pass.
+
+    Runs under ``torch.enable_grad()``, so it works inside a sampler's ``no_grad``; both results are detached, and
+    only the input gradient is taken (the classifier's parameter ``.grad`` are left untouched).
+    """
+    with torch.enable_grad():
+        x_in = x.detach().requires_grad_(True)
+        logits = classifier(x_in, *args)
+        if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"the classifier must return logits of shape [B={x.shape[0]}, n_classes], got "
+                             f"{tuple(logits.shape)}")
+        if bool((labels < 0).any()) or bool((labels >= logits.shape[1]).any()):
+            raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}] (the classifier's classes), got values "
+                             f"in [{int(labels.min())}, {int(labels.max())}]")
+        log_prob = torch.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
+        (grad,) = torch.autograd.grad(log_prob.sum(), x_in)
+    return log_prob.detach(), grad.detach()
+
+
+def _check_labels(labels: Tensor) -> Tensor:
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor of shape [B] (one class per sample), got dtype "
+                         f"{labels.dtype} and shape {tuple(labels.shape)}")
+    return labels.long()
+
+
+def _check_scale(value: float, name: str) -> float:
+    value = float(value)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}={value} must be a finite number >= 0 (the guidance weight λ on log p(y|x))")
+    return value
+
+
+LabelledGuidanceT = TypeVar("LabelledGuidanceT", bound="LabelledGuidance")
+
+
+class LabelledGuidance(Target):
+    """Shared by the classifier-based guidances: a class label per sample, set per batch by :meth:`with_labels`."""
+
+    labels: Tensor | None
+
+    def with_labels(self: LabelledGuidanceT, labels: Tensor) -> LabelledGuidanceT:
+        """A shallow copy guiding towards ``labels`` (LongTensor [B]); the networks are shared, not copied."""
+        guided = copy.copy(self)
+        guided.labels = _check_labels(labels)
+        return guided
+
+    def labels_for(self, x: Tensor) -> Tensor:
+        """The labels on x's device, checked against x's batch size."""
+        if self.labels is None:
+            raise ValueError(f"{type(self).__name__} has no labels: pass labels=... or call .with_labels(labels)")
+        if self.labels.shape[0] != x.shape[0]:
+            raise ValueError(f"labels has {self.labels.shape[0]} entries but x has a batch of {x.shape[0]}: give one "
+                             "label per sample (use .with_labels(labels) for each batch)")
+        return self.labels.to(x.device)
+
+
+class ClassifierGuidance(LabelledGuidance):
+    """p̃_t(x) · p_φ(y | x, t)^λ with a time-conditioned ("noisy") classifier: ``classifier(x, t_model) -> logits``.
+
+    score = inner score + λ ∇ₓ log softmax(classifier(x, t))_y (ALGORITHMS.md §2, guided reverse step). The
+    classifier's log-probability is known exactly, so it is the ``exact`` part (λ_mh · log p_φ) and ``integrand``
+    is the inner target's alone: a line/curve MH correction evaluates the classifier at the path's two ends and
+    integrates only the diffusion model's score (§5 (c)).
+
+    Args:
+        target: the unconditional target p̃_t.
+        classifier: ``classifier(x, t_model)`` with ``t_model = schedule.model_t(t, B)``; returns [B, C] logits.
+        schedule: the noise schedule that maps levels to the classifier's time input.
+        scale: the guidance scale λ >= 0 used by the score (the proposals and reverse steps).
+        labels: the class of each sample, LongTensor [B]; usually set per batch with :meth:`with_labels`.
+        mh_scale: the classifier's weight in the density the MH test sees (``exact`` and ``log_prob``); by default
+            ``scale``. A compatibility switch: ``mh_scale=1.0`` reproduces the reference code, which omits λ from
+            the MH term (§11.9), so its chains target p̃·p_φ¹ while the proposals follow p̃·p_φ^λ.
+    """
+
+    def __init__(self, target: Target, classifier: nn.Module, schedule: NoiseSchedule, scale: float,
+                 labels: Tensor | None = None, mh_scale: float | None = None) -> None:
+        self.target = target
+        self.classifier = classifier
+        self.schedule = schedule
+        self.scale = _check_scale(scale, "scale")
+        self.mh_scale = self.scale if mh_scale is None else _check_scale(mh_scale, "mh_scale")
+        self.labels = None if labels is None else _check_labels(labels)
+        self.has_log_prob = target.has_log_prob
+
+    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
+        if with_log_prob:
+            self.require_log_prob("with_log_prob=True")
+        labels = self.labels_for(x)
+        inner = self.target.evaluate(x, t, with_log_prob)
+        t_model = self.schedule.model_t(t, x.shape[0], x.device)
+        class_log_prob, class_grad = class_log_prob_and_grad(self.classifier, x, labels, t_model)
+        mh_term = self.mh_scale * class_log_prob
+        return Evaluation(
+            score=inner.score + self.scale * class_grad,
+            integrand=inner.integrand,
+            exact=inner.exact + mh_term,
+            log_prob=inner.log_prob + mh_term if with_log_prob else None,  # type: ignore[operator]
+        )
+
+    def integrand(self, x: Tensor, t: int) -> Tensor:
+        # Interior quadrature nodes need only the integrated part: no classifier evaluation.
+        return self.target.integrand(x, t)
+
+
+class ClassifierFreeGuidance(Product):
+    """(1 − w) log p̃_u + w log p̃_c: classifier-free guidance with scale w, as a product with weights (1 − w, w).
+
+    For ε-models its score is −[ε̂_u + w(ε̂_c − ε̂_u)]/σ_t; w > 1 gives the unconditional model a negative
+    exponent. The MH correction integrates the weighted integrands and adds the weighted exact parts.
+    """
+
+    def __init__(self, conditional: Target, unconditional: Target, scale: float) -> None:
+        scale = float(scale)
+        if not math.isfinite(scale):
+            raise ValueError(f"scale={scale} must be a finite number (the classifier-free guidance weight w)")
+        super().__init__([unconditional, conditional], [1.0 - scale, scale])
+        self.conditional = conditional
+        self.unconditional = unconditional
+        self.scale = scale
+
+
+class ReconstructionGuidance(LabelledGuidance):
+    """p̃_t(x) · p(y | x̂_0(x))^λ with a clean classifier applied to the Tweedie estimate of the data.
+
+    x̂_0 = (x_t − σ_t ε̂)/√ᾱ_t with ε̂ = −σ_t · (inner score), i.e. x̂_0 = (x_t + σ_t² s(x_t))/√ᾱ_t: the inner
+    target's own evaluation gives ε̂ (no second network call). As in the reference code, ε̂ is treated as a
+    constant in the guidance gradient: score = inner score + (λ/√ᾱ_t) ∇_{x̂_0} log p(y | x̂_0), which ignores ε̂'s
+    Jacobian. log p(y | x̂_0(x)) itself is evaluable, so it is the exact part (λ · log p) and the MH test stays
+    valid: the approximate gradient only shapes the proposals.
+
+    Args:
+        target: the unconditional target; needs a ``schedule`` attribute (e.g. a ScoreModelTarget).
+        classifier: a clean classifier, ``classifier(x0) -> [B, C]`` logits.
+        scale: the guidance scale λ >= 0.
+        labels: the class of each sample, LongTensor [B]; usually set per batch with :meth:`with_labels`.
+    """
+
+    def __init__(self, target: Target, classifier: nn.Module, scale: float, labels: Tensor | None = None) -> None:
+        schedule = getattr(target, "schedule", None)
+        if not isinstance(schedule, NoiseSchedule):
+            raise TypeError(f"ReconstructionGuidance needs a target with a noise schedule (a ScoreModelTarget or "
+                            f"EnergyModelTarget) to form x̂_0; {type(target).__name__} has no .schedule")
+        self.target = target
+        self.classifier = classifier
+        self.schedule = schedule
+        self.scale = _check_scale(scale, "scale")
+        self.labels = None if labels is None else _check_labels(labels)
+        self.has_log_prob = target.has_log_prob
+
+    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
+        if with_log_prob:
+            self.require_log_prob("with_log_prob=True")
+        labels = self.labels_for(x)
+        inner = self.target.evaluate(x, t, with_log_prob)
+        sqrt_abar = math.sqrt(float(self.schedule.alphas_cumprod[t]))
+        variance = float(self.schedule.marginal_std[t]) ** 2
+        denoised = (x + variance * inner.score) / sqrt_abar
+        class_log_prob, grad_denoised = class_log_prob_and_grad(self.classifier, denoised, labels)
+        guidance_term = self.scale * class_log_prob
+        return Evaluation(
+            score=inner.score + (self.scale / sqrt_abar) * grad_denoised,
+            integrand=inner.integrand,
+            exact=inner.exact + guidance_term,
+            log_prob=inner.log_prob + guidance_term if with_log_prob else None,  # type: ignore[operator]
+        )
+
+    def integrand(self, x: Tensor, t: int) -> Tensor:
+        return self.target.integrand(x, t)
