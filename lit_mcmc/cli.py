@@ -7,6 +7,8 @@ configs/toy2d/sample_hmc_curve.yaml`` samples. Any key can be overridden on the 
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -32,12 +34,31 @@ class LitMCMCCLI(LightningCLI):
             if init.get("output_dir") is None:
                 init["output_dir"] = config.trainer.default_root_dir or "."
 
+    def instantiate_classes(self) -> None:
+        # A bad value (negative step size, missing checkpoint, ...) is reported as one line naming the key, not as
+        # jsonargparse's union-type dump with a traceback. LIT_MCMC_DEBUG=1 keeps the traceback.
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError, TypeError) as err:
+            if os.environ.get("LIT_MCMC_DEBUG"):
+                raise
+            print(f"lit-mcmc: error: {concise_error(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
+
     def after_instantiate_classes(self) -> None:
         # Checkpoints land in <default_root_dir>/checkpoints (not a per-version folder), so later runs find them.
         root = Path(self.trainer.default_root_dir)
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(root / "checkpoints")
+
+
+def concise_error(err: BaseException) -> str:
+    """The informative lines of a jsonargparse instantiation error (our own messages), else the whole message."""
+    noise = ("Expected a <class 'NoneType'>", "Problem with given class_path")
+    lines = [line.strip()[2:] for line in str(err).splitlines() if line.strip().startswith("- ")]
+    useful = [line for line in lines if not line.startswith(noise)]
+    return "; ".join(useful) if useful else str(err).splitlines()[0]
 
 
 def main(args: list[str] | None = None) -> None:
