@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 
+from callbacks.sample_writer import SampleWriter, find_writer
 from lit_mcmc.metrics.images import to_uint8
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -31,9 +33,11 @@ INCEPTION_FEATURE_NAME = "inception-v3-pool3"
 class SampleMetricCallback(Callback, ABC):
     """Base for callbacks that score generated images [B, C, H, W] in [-1, 1].
 
-    ``predict``: each batch's ``outputs["samples"]`` (and ``outputs.get("labels")``) from ``predict_step``
-    updates the metrics; at the end of the epoch they are computed into :attr:`last_values` and, on global rank
-    zero, written with ``add_scalar`` to every logger experiment that has it (tags ``predict/<name>``).
+    ``predict`` with a ``SampleWriter`` listed before this callback: global rank zero scores the writer's merged
+    samples (all of them, also those of earlier, interrupted runs) and hands the values to the writer, which
+    reports them. Without a writer: each batch's ``outputs["samples"]`` (and ``outputs.get("labels")``) updates
+    the metrics on every rank; at the end of the epoch they are computed into :attr:`last_values` and, on global
+    rank zero, written with ``add_scalar`` to every logger experiment that has it (tags ``predict/<name>``).
 
     ``fit``/``validate``: every ``every_n_epochs`` validation epochs (0 disables it; the sanity check is
     skipped) the callback asks ``pl_module.generate_samples(n, generator)`` for ``(samples, labels or None)``,
@@ -84,6 +88,8 @@ class SampleMetricCallback(Callback, ABC):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if find_writer(trainer) is not None:
+            return  # scored from the merged samples at the end of the epoch
         if not isinstance(outputs, dict) or "samples" not in outputs:
             found = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
             raise KeyError(
@@ -93,6 +99,11 @@ class SampleMetricCallback(Callback, ABC):
         self._update(outputs["samples"], outputs.get("labels"))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        writer = find_writer(trainer)
+        if writer is not None:
+            if trainer.is_global_zero:
+                self._score_merged(writer, pl_module)
+            return
         self.last_values = self._compute()
         if not trainer.is_global_zero:
             return
@@ -102,6 +113,28 @@ class SampleMetricCallback(Callback, ABC):
                 continue
             for name, value in self.last_values.items():
                 add_scalar(f"predict/{name}", value, trainer.global_step)
+
+    def _score_merged(self, writer: SampleWriter, pl_module: LightningModule, chunk: int = 500) -> None:
+        """Score the writer's merged samples on this rank alone (the other ranks do not join a sync)."""
+        merged = writer.merged
+        if merged is None:
+            raise RuntimeError(f"{type(self).__name__} scores the merged samples: list SampleWriter before it")
+        self._reset()
+        samples, labels = torch.from_numpy(merged["samples"]), merged.get("labels")
+        for start in range(0, len(samples), chunk):
+            batch_labels = None if labels is None else torch.from_numpy(labels[start:start + chunk])
+            self._update(samples[start:start + chunk].to(pl_module.device), batch_labels)
+        metrics = [m for v in vars(self).values() if isinstance(v, (Metric, MetricCollection))
+                   for m in (v.values() if isinstance(v, MetricCollection) else [v])]
+        previous = [m.sync_on_compute for m in metrics]
+        for m in metrics:
+            m.sync_on_compute = False
+        try:
+            self.last_values = self._compute()
+        finally:
+            for m, value in zip(metrics, previous, strict=True):
+                m.sync_on_compute = value
+        writer.add_metrics(self.last_values)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._due(trainer):

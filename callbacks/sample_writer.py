@@ -1,4 +1,11 @@
-"""SampleWriter: one atomic shard per predict batch, merged into ``samples.npz`` + ``stats.json`` at the end."""
+"""SampleWriter: one atomic shard per predict batch, merged at the end, and the run's report.
+
+Shards make sampling preemption-safe; the merge gives ``samples.npz`` + ``stats.json``. Metric callbacks listed
+after the writer score the merged samples (so a resumed run is scored on all of them) and hand their numbers to
+:meth:`SampleWriter.add_metrics`; the writer then writes ``metrics.json`` and logs the sampler's hyper-parameters
+with every metric to TensorBoard's HParams view, the acceptance rate per level as a curve, and a picture of the
+samples (a scatter plot for 2D, an image grid for images).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import matplotlib
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from lit_mcmc.data.indices import shard_name, shard_paths
@@ -49,6 +58,7 @@ class SampleWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
         self.merged: dict[str, Any] | None = None
+        self.metrics: dict[str, float] = {}
         self._start = 0.0
 
     def resolve_dir(self, trainer: L.Trainer) -> Path:
@@ -57,6 +67,7 @@ class SampleWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
         self.merged = None
+        self.metrics = {}
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -73,6 +84,7 @@ class SampleWriter(BasePredictionWriter):
             level_accept_rate=np.array([prediction["accept_rate_per_level"][lvl] for lvl in levels]),
             n_nonfinite=np.array(prediction["n_nonfinite"]),
             seconds=np.array(prediction["seconds"]),
+            **({"labels": prediction["labels"].cpu().numpy()} if prediction.get("labels") is not None else {}),
         )
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -94,10 +106,40 @@ class SampleWriter(BasePredictionWriter):
             raise RuntimeError(f"duplicate sample indices in {out / 'shards'}: shards overlap")
         samples = np.concatenate([s["samples"] for s in shards])[order]
         accept = np.concatenate([s["accept_rate"] for s in shards])[order]
-        atomic_save_npz(out / "samples.npz", samples=samples, indices=indices, accept_rate=accept)
+        labels = np.concatenate([s["labels"] for s in shards])[order] if "labels" in shards[0] else None
+        extra = {"labels": labels} if labels is not None else {}
+        atomic_save_npz(out / "samples.npz", samples=samples, indices=indices, accept_rate=accept, **extra)
         stats = self._stats(shards, indices, accept, pl_module)
         atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
-        return {"samples": samples, "indices": indices, "stats": stats}
+        return {"samples": samples, "indices": indices, "labels": labels, "stats": stats}
+
+    def add_metrics(self, values: dict[str, float]) -> None:
+        """Called by metric callbacks (listed after the writer) with their values for this run."""
+        self.metrics.update({k: float(v) for k, v in values.items()})
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or self.merged is None:
+            return
+        stats = self.merged["stats"]
+        record = {**self.metrics, **{k: stats[k] for k in REPORTED_STATS}}
+        atomic_write_text(self.resolve_dir(trainer) / "metrics.json", json.dumps(record, indent=2))
+        self._log_tensorboard(trainer, stats, record)
+
+    def _log_tensorboard(self, trainer: L.Trainer, stats: dict[str, Any], record: dict[str, Any]) -> None:
+        numeric = {f"metrics/{k}": float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        for logger in trainer.loggers:
+            logger.log_hyperparams(stats.get("hparams", {}), numeric)
+            logger.log_metrics(numeric, step=0)
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_scalar"):
+                for level, rate in stats["accept_rate_per_level"].items():
+                    experiment.add_scalar("sampler/accept_rate_per_level", rate, int(level))
+                picture = sample_picture(self.merged["samples"], stats.get("sampler") or "samples")  # type: ignore[index]
+                if isinstance(picture, np.ndarray):
+                    experiment.add_image("samples", picture, 0, dataformats="CHW")
+                elif picture is not None:
+                    experiment.add_figure("samples", picture, 0)
+            logger.save()
 
     def _stats(self, shards: list[dict[str, np.ndarray]], indices: np.ndarray, accept: np.ndarray,
                pl_module: L.LightningModule) -> dict[str, Any]:
@@ -125,9 +167,30 @@ class SampleWriter(BasePredictionWriter):
         }
 
 
-def find_writer(trainer: L.Trainer) -> SampleWriter:
-    """The trainer's SampleWriter (callbacks that score samples read its merged output)."""
+REPORTED_STATS = ("accept_rate", "nfe_per_sample", "wall_seconds", "samples_per_second")
+
+
+def sample_picture(samples: np.ndarray, title: str) -> Any:
+    """A scatter figure for 2D points, an image grid (CHW array in [0, 1]) for images, else None."""
+    if samples.ndim == 2 and samples.shape[1] == 2:
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5)
+        ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", title=title)
+        return fig
+    if samples.ndim == 4:
+        from torchvision.utils import make_grid
+
+        grid = make_grid(torch.from_numpy(samples[:64]), nrow=8, normalize=True, value_range=(-1, 1))
+        return grid.numpy()
+    return None
+
+
+def find_writer(trainer: L.Trainer) -> SampleWriter | None:
+    """The trainer's SampleWriter, if any (metric callbacks score its merged samples and report through it)."""
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
         if isinstance(callback, SampleWriter):
             return callback
-    raise RuntimeError("this callback needs a callbacks.sample_writer.SampleWriter in trainer.callbacks")
+    return None

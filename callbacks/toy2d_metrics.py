@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import matplotlib
 import numpy as np
 
-from callbacks.sample_writer import atomic_write_text, find_writer
+from callbacks.sample_writer import find_writer
 from lit_mcmc.data.toy2d import DISTRIBUTIONS, sample_distribution, seeded_generator
 from lit_mcmc.metrics.toy2d import gmm_variance_metric, log_likelihood, wasserstein2
 
@@ -20,10 +18,11 @@ matplotlib.use("Agg")
 class Toy2DMetrics(L.Callback):
     """Compares the merged samples with as many exact samples of ``distribution`` (drawn with ``seed``).
 
-    Writes ``metrics.json`` and ``samples.png`` next to the samples and logs the metrics, with the sampler's
-    hyper-parameters, to TensorBoard's HParams view. LL (under the paper's extended product density) is reported
-    for the product only; W2 and the GMM metric for any distribution. ``paper_compat`` reproduces the reference
-    code's metric bugs (ALGORITHMS.md §11) for comparison with the paper's table.
+    Must be listed after the ``SampleWriter``, which merges the samples and reports the metrics (metrics.json,
+    TensorBoard HParams). LL (under the paper's extended product density) is reported for the product only; W2
+    and the GMM metric for any distribution. ``paper_compat`` reproduces the reference code's metric bugs
+    (ALGORITHMS.md §11) for comparison with the paper's table. Also writes ``samples.png`` (samples over the
+    exact ones) next to the samples.
     """
 
     def __init__(self, distribution: str = "product", seed: int = 12345, paper_compat: bool = False,
@@ -36,24 +35,20 @@ class Toy2DMetrics(L.Callback):
         self.plot = plot
         self.metrics: dict[str, float] = {}
 
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         writer = find_writer(trainer)
-        merged = writer.merged
-        if merged is None:
-            raise RuntimeError("Toy2DMetrics runs after SampleWriter has merged the samples")
-        samples = merged["samples"]
+        if writer is None or writer.merged is None:
+            raise RuntimeError("Toy2DMetrics scores the merged samples: list callbacks.sample_writer.SampleWriter "
+                               "before it in trainer.callbacks")
+        samples = writer.merged["samples"]
         reference = sample_distribution(self.distribution, len(samples), seeded_generator(self.seed)).numpy()
         self.metrics = self.evaluate(samples, reference)
-        out = writer.resolve_dir(trainer)
-        stats = merged["stats"]
-        record = {**self.metrics, "accept_rate": stats["accept_rate"], "nfe_per_sample": stats["nfe_per_sample"],
-                  "wall_seconds": stats["wall_seconds"], "samples_per_second": stats["samples_per_second"]}
-        atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
+        writer.add_metrics(self.metrics)
         if self.plot:
-            self._plot(samples, reference, out / "samples.png", stats.get("sampler") or "samples")
-        self._log(trainer, stats.get("hparams", {}), record)
+            title = writer.merged["stats"].get("sampler") or "samples"
+            self._plot(samples, reference, writer.resolve_dir(trainer) / "samples.png", title)
 
     def evaluate(self, samples: np.ndarray, reference: np.ndarray) -> dict[str, float]:
         metrics = {
@@ -76,11 +71,3 @@ class Toy2DMetrics(L.Callback):
         fig.tight_layout()
         fig.savefig(path, dpi=100)
         plt.close(fig)
-
-    @staticmethod
-    def _log(trainer: L.Trainer, hparams: dict[str, Any], record: dict[str, Any]) -> None:
-        numeric = {f"metrics/{k}": float(v) for k, v in record.items() if isinstance(v, (int, float))}
-        for logger in trainer.loggers:
-            logger.log_hyperparams(hparams, numeric)
-            logger.log_metrics(numeric, step=0)
-            logger.save()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 
@@ -334,3 +335,64 @@ def test_resnet20_features_put_real_images_closer_to_real_than_to_noise() -> Non
     fid.update(images[:n], real=True)
     fid.update(_images(n, seed=8, shape=(3, 32, 32)), real=False)
     assert real_vs_real < 0.2 * float(fid.compute())  # about 2 against 50
+
+
+# ---------------------------------------------------------------- with the sample writer (resumed runs)
+
+
+class Preempted(Exception):
+    pass
+
+
+class IndexedSamplesModule(SamplesModule):
+    """Returns the full record the SampleWriter expects; can simulate a preemption after some batches."""
+
+    def __init__(self, samples: Tensor, labels: Tensor, fail_at_batch: int | None = None) -> None:
+        super().__init__(samples, labels)
+        self.fail_at_batch = fail_at_batch
+
+    def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, object]:
+        if batch_idx == self.fail_at_batch:
+            raise Preempted("simulated preemption")
+        n = len(batch)
+        return {"indices": batch, "samples": self.samples[batch], "labels": self.labels[batch],
+                "accept_rate": torch.ones(n, dtype=torch.float64), "nfe": 1, "adjusted": False,
+                "accept_rate_per_level": {0: 1.0}, "n_nonfinite": 0, "seconds": 0.01}
+
+
+def test_metric_callbacks_score_every_sample_of_a_resumed_run(tmp_path) -> None:
+    from callbacks.sample_writer import SampleWriter
+    from lit_mcmc.data.indices import SampleIndexDataModule
+
+    n, n_classes = 40, 4
+    samples = _images(n, seed=3)
+    labels = torch.arange(n) % n_classes
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(IMAGE_SHAPE), n_classes))
+    torch.nn.init.normal_(classifier[1].weight, generator=torch.Generator().manual_seed(1))
+    real = _images(64, seed=4)
+
+    def run(fail_at_batch: int | None) -> tuple[SampleWriter, AccuracyCallback, FIDCallback]:
+        writer = SampleWriter(str(tmp_path))
+        accuracy = AccuracyCallback(classifier, n_classes=n_classes, every_n_epochs=0)
+        fid = FIDCallback(feature_extractor=LinearFeatures(), feature_name="linear", real_data=real,
+                          image_shape=IMAGE_SHAPE, every_n_epochs=0)
+        data = SampleIndexDataModule(n_samples=n, batch_size=16, output_dir=str(tmp_path))
+        _trainer(callbacks=[writer, accuracy, fid]).predict(
+            IndexedSamplesModule(samples, labels, fail_at_batch), datamodule=data, return_predictions=False)
+        return writer, accuracy, fid
+
+    with pytest.raises(Preempted):
+        run(fail_at_batch=1)  # only the first shard reaches the disk
+    assert len(list((tmp_path / "shards").glob("shard_*.npz"))) == 1
+    writer, accuracy, fid = run(fail_at_batch=None)
+    merged = np.load(tmp_path / "samples.npz")
+    assert merged["indices"].tolist() == list(range(n)) and merged["labels"].tolist() == labels.tolist()
+
+    with torch.no_grad():
+        logits = classifier(samples)
+    expected_top1 = (logits.argmax(1) == labels).float().mean().item()
+    assert accuracy.last_values["top1_accuracy"] == pytest.approx(expected_top1)
+    assert writer.metrics["top1_accuracy"] == pytest.approx(expected_top1)
+    features = LinearFeatures()
+    assert fid.last_value == pytest.approx(_reference_fid(features(real), features(samples)), rel=1e-3)
+    assert json.loads((tmp_path / "metrics.json").read_text())["fid"] == pytest.approx(fid.last_value)
