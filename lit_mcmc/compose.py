@@ -149,7 +149,14 @@ LabelledGuidanceT = TypeVar("LabelledGuidanceT", bound="LabelledGuidance")
 class LabelledGuidance(Target):
     """Shared by the classifier-based guidances: a class label per sample, set per batch by :meth:`with_labels`."""
 
-    labels: Tensor | None
+    def __init__(self, target: Target, classifier: nn.Module, schedule: NoiseSchedule, scale: float,
+                 labels: Tensor | None) -> None:
+        self.target = target
+        self.classifier = classifier
+        self.schedule = schedule
+        self.scale = _check_scale(scale, "scale")
+        self.labels = None if labels is None else _check_labels(labels)
+        self.has_log_prob = target.has_log_prob
 
     def with_labels(self: LabelledGuidanceT, labels: Tensor) -> LabelledGuidanceT:
         """A shallow copy guiding towards ``labels`` (LongTensor [B]); the networks are shared, not copied."""
@@ -188,13 +195,8 @@ class ClassifierGuidance(LabelledGuidance):
 
     def __init__(self, target: Target, classifier: nn.Module, schedule: NoiseSchedule, scale: float,
                  labels: Tensor | None = None, mh_scale: float | None = None) -> None:
-        self.target = target
-        self.classifier = classifier
-        self.schedule = schedule
-        self.scale = _check_scale(scale, "scale")
+        super().__init__(target, classifier, schedule, scale, labels)
         self.mh_scale = self.scale if mh_scale is None else _check_scale(mh_scale, "mh_scale")
-        self.labels = None if labels is None else _check_labels(labels)
-        self.has_log_prob = target.has_log_prob
 
     def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
         if with_log_prob:
@@ -254,12 +256,7 @@ class ReconstructionGuidance(LabelledGuidance):
         if not isinstance(schedule, NoiseSchedule):
             raise TypeError(f"ReconstructionGuidance needs a target with a noise schedule (a ScoreModelTarget or "
                             f"EnergyModelTarget) to form x̂_0; {type(target).__name__} has no .schedule")
-        self.target = target
-        self.classifier = classifier
-        self.schedule = schedule
-        self.scale = _check_scale(scale, "scale")
-        self.labels = None if labels is None else _check_labels(labels)
-        self.has_log_prob = target.has_log_prob
+        super().__init__(target, classifier, schedule, scale, labels)
 
     def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
         if with_log_prob:
