@@ -1,0 +1,56 @@
+"""The sampler benchmark reports the kernels' own NFE and acceptance, in both modes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lit_mcmc.benchmarks.samplers import build_samplers, build_target, main
+from lit_mcmc.diffusion import NoiseSchedule
+from lit_mcmc.targets import sample_box_product
+
+
+def table_rows(table: str) -> dict[str, list[str]]:
+    """Sampler name -> its cells, from the Markdown table's body rows."""
+    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
+
+
+def test_kernel_mode_reports_the_kernels_nfe_and_acceptance(tmp_path):
+    steps, batch, seed = 3, 16, 5
+    table = main(["--batch", str(batch), "--steps", str(steps), "--repeats", "1", "--seed", str(seed),
+                  "--samplers", "HMC-curve,LA-3-line,U-LA", "--out", str(tmp_path / "bench")])
+    rows = table_rows(table)
+    assert list(rows) == ["HMC-curve", "LA-3-line", "U-LA"]
+    # Hand-counted: 1 initial evaluation + per step L=3 leapfrog / 1 proposal + 3 line nodes / 1 proposal.
+    assert [int(rows[name][0]) for name in rows] == [1 + steps * 3, 1 + steps * (1 + 3), 1 + steps]
+    assert rows["U-LA"][1] == "–"  # unadjusted: no acceptance rate
+
+    saved = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert (tmp_path / "bench.md").read_text().strip() == table
+    # The same run by hand: exact product samples at t=0 from the seed, then kernel.run with a fresh generator.
+    schedule = NoiseSchedule.cosine(100)
+    target, gmm, bar = build_target(schedule)
+    x0 = sample_box_product(gmm, bar, batch, 0, torch.Generator().manual_seed(seed))
+    for row in saved[:2]:
+        _, info = build_samplers()[row["sampler"]].run(target, x0, 0, steps, torch.Generator().manual_seed(seed))
+        assert row["nfe"] == info.nfe
+        assert row["accept_rate"] == pytest.approx(info.accept_rate)
+        assert row["overhead_wall"] == pytest.approx(row["wall_s"] / row["bare_wall_s"])
+        assert row["overhead_cpu"] == pytest.approx(row["cpu_s"] / row["bare_cpu_s"])
+
+
+def test_annealed_mode_counts_every_level():
+    table = main(["--mode", "annealed", "--steps-per-level", "1", "--batch", "8", "--repeats", "1",
+                  "--samplers", "U-HMC,HMC-3-curve"])
+    rows = table_rows(table)
+    # 100 levels, each 1 initial evaluation + K=1 step of 3 leapfrog evaluations (+ 3 curve midpoints).
+    assert int(rows["U-HMC"][0]) == 100 * (1 + 3)
+    assert int(rows["HMC-3-curve"][0]) == 100 * (1 + 3 + 3)
+
+
+def test_unknown_sampler_is_named():
+    with pytest.raises(SystemExit, match="unknown \\['HMC-9-line'\\]; choose from U-LA"):
+        main(["--batch", "4", "--steps", "1", "--samplers", "HMC-9-line"])
