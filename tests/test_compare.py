@@ -1,0 +1,121 @@
+"""The run comparison table: run discovery, the columns, missing values, sorting and the two formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lit_mcmc.compare import comparison, find_runs, main, to_markdown
+from lit_mcmc.samplers.config import SamplerConfig
+
+REPORTED = ("accept_rate", "nfe_per_sample", "samples_per_second", "wall_seconds")
+FIXED_COLUMNS = ["run", "sampler", "kernel", "correction", "n_points", "step", "n_steps", "n_leapfrog", "damping",
+                 *REPORTED]
+
+
+def write_run(path: Path, sampler: SamplerConfig, perf: tuple[float, float, float, float],
+              metrics: dict[str, float] | None) -> None:
+    """A run directory as SampleWriter leaves it: stats.json, and metrics.json when metrics were computed."""
+    path.mkdir(parents=True)
+    stats = {"sampler": sampler.name, "hparams": sampler.hparams(), "n_samples": 100,
+             **dict(zip(REPORTED, perf, strict=True))}
+    (path / "stats.json").write_text(json.dumps(stats))
+    if metrics is not None:
+        (path / "metrics.json").write_text(json.dumps({**metrics, **dict(zip(REPORTED, perf, strict=True))}))
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    write_run(root / "toy" / "hmc_curve",
+              SamplerConfig(kernel="hmc", n_steps=10, step_size=0.03, correction="curve", n_leapfrog=3, damping=0.5),
+              (0.8125, 4001.0, 250.0, 8.0), {"w2": 0.05, "gmm": 0.011, "ll": -1.25})
+    write_run(root / "toy" / "ula",
+              SamplerConfig(kernel="ula", n_steps=5, step_a=0.01, step_b=0.5),
+              (1.0, 501.0, 1000.0, 2.0), {"w2": 0.2, "gmm": 0.031})
+    write_run(root / "toy" / "reverse", SamplerConfig(kernel="reverse"), (1.0, 100.0, 5000.0, 0.5), None)
+    write_run(root / "images" / "la_3_line",
+              SamplerConfig(kernel="mala", n_steps=2, step_size=1e-3, correction="line", n_points=3),
+              (0.5, 1301.0, 12.5, 80.0), {"fid": 12.34567, "r3_accuracy": 0.9})
+    return root
+
+
+def test_finds_runs_below_directories_and_by_glob(runs: Path) -> None:
+    assert [p.name for p in find_runs([str(runs)])] == ["la_3_line", "hmc_curve", "reverse", "ula"]
+    assert find_runs([str(runs / "toy" / "*e*")]) == [(runs / "toy" / name).resolve() for name in ("hmc_curve",
+                                                                                                   "reverse")]
+    # the same run named twice, directly and through its parent, is one run
+    assert len(find_runs([str(runs / "toy" / "ula"), str(runs / "toy")])) == 3
+
+
+@pytest.mark.parametrize("pattern,message", [
+    ("nowhere", "RUN_DIR 'nowhere' matches nothing"),
+    ("empty", "no stats.json in or below"),
+], ids=["missing", "no-runs"])
+def test_bad_run_dirs_are_named(tmp_path: Path, pattern: str, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=message):
+        find_runs([pattern])
+
+
+def test_table_has_the_union_of_metrics_and_dashes_where_missing(runs: Path) -> None:
+    columns, rows = comparison(find_runs([str(runs)]))
+    # fixed columns, then metric names in the order first seen (runs in path order: images/, then toy/)
+    assert columns == [*FIXED_COLUMNS, "fid", "r3_accuracy", "w2", "gmm", "ll"]
+    table = to_markdown(columns, rows).splitlines()
+    assert table[0] == "| " + " | ".join(columns) + " |"
+    assert len(table) == 2 + 4
+    cells = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in table[2:]}
+    assert cells["toy/hmc_curve"] == ["toy/hmc_curve", "HMC-curve", "hmc", "curve", "0", "0.03", "10", "3", "0.5",
+                                      "0.8125", "4001", "250", "8", "–", "–", "0.05", "0.011", "-1.25"]
+    # β-power step size a·β^b; a Langevin kernel has no correction, quadrature points or leapfrog steps
+    assert cells["toy/ula"] == ["toy/ula", "U-LA", "ula", "–", "–", "0.01·β^0.5", "5", "–", "–",
+                                "1", "501", "1000", "2", "–", "–", "0.2", "0.031", "–"]
+    # no metrics.json: the stats columns still come from stats.json; no kernel hyper-parameters for Reverse
+    assert cells["toy/reverse"] == ["toy/reverse", "Reverse", "reverse", "–", "–", "–", "–", "–", "–",
+                                    "1", "100", "5000", "0.5", "–", "–", "–", "–", "–"]
+    assert cells["images/la_3_line"][:10] == ["images/la_3_line", "LA-3-line", "mala", "line", "3", "0.001", "2",
+                                              "–", "–", "0.5"]
+    assert cells["images/la_3_line"][-5:] == ["12.35", "0.9", "–", "–", "–"]  # 4 significant digits
+
+
+def test_sort_puts_runs_without_the_column_last(runs: Path) -> None:
+    found = find_runs([str(runs)])
+    _, rows = comparison(found, sort="w2")
+    assert [row["run"] for row in rows] == ["toy/hmc_curve", "toy/ula", "images/la_3_line", "toy/reverse"]
+    _, rows = comparison(found, sort="w2", descending=True)
+    assert [row["run"] for row in rows][:2] == ["toy/ula", "toy/hmc_curve"]
+    _, rows = comparison(found, sort="wall_seconds")
+    assert [row["wall_seconds"] for row in rows] == [0.5, 2.0, 8.0, 80.0]
+    with pytest.raises(ValueError, match="--sort 'fdi' is not a column; choose one of .*'fid'"):
+        comparison(found, sort="fdi")
+
+
+def test_csv_keeps_full_precision_and_leaves_missing_cells_empty(runs: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    main([str(runs / "*" / "*"), "--format", "csv", "--sort", "fid"])
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [row["run"] for row in rows] == ["images/la_3_line", "toy/hmc_curve", "toy/reverse", "toy/ula"]
+    assert rows[0]["fid"] == "12.34567" and rows[0]["w2"] == ""
+    assert rows[1]["step"] == "0.03" and rows[3]["step"] == "0.01·β^0.5"
+
+
+def test_command_line_errors_name_the_problem(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main([str(runs), "--sort", "fdi"])
+    assert stop.value.code == 2
+    assert "--sort 'fdi' is not a column" in capsys.readouterr().err
+
+
+def test_runs_as_a_module(runs: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "lit_mcmc.compare", str(runs / "toy" / "ula")],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[2].startswith("| ula | U-LA | ula |")
