@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-fast demo lint bench clean
+.PHONY: setup test test-fast demo table1 lint bench clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m lit_mcmc.benchmarks.samplers
 
+# The 2D product experiment (Table 1) at a reduced budget: < 10 min on 2 cores. See README "Results".
 demo: $(STAMP)
-	$(PY) -m lit_mcmc.benchmarks.samplers
+	$(PY) -m lit_mcmc.experiments.toy2d --preset demo --trials 1 --out runs/demo --jobs 2
+
+# The paper's budget: 15 001 training steps, 2000 samples, 10 trials (about 27 h on 2 CPU cores).
+table1: $(STAMP)
+	$(PY) -m lit_mcmc.experiments.toy2d --preset paper --trials 10 --out runs/table1 --jobs 2
 
 clean:
 	rm -rf $(VENV) runs lightning_logs .pytest_cache

@@ -1,0 +1,485 @@
+"""The 2D product experiment (Table 1; ALGORITHMS.md §7, §13 two_d_product) end to end through ``lit-mcmc``.
+
+Per trial k the four component models ({GMM, bar} × {score, energy}) are trained with ``lit-mcmc fit`` into
+``OUT/trial_k/<model>`` (seeds = the config's seed + k), then every sampler row runs with ``lit-mcmc predict`` into
+``OUT/trial_k/samples/<config stem>`` (sampler seed k). Each run is its own subprocess with one torch thread,
+``--jobs`` at a time, longest first; its log is ``<run dir>/<fit|predict>.log``. A run whose outputs exist is
+skipped, and an unfinished training run resumes from its last checkpoint, so rerunning the command resumes.
+Rows: every score and energy sampler of Table 1, HMC on the analytic (oracle) scores, and a fresh set of exact
+product samples scored like the others (the floor). The mixture (second table) and the negation are run too and
+shown in the figure. Outputs: ``OUT/table.md``, ``OUT/results.json``, ``OUT/figure.png``; TensorBoard logs in each
+run dir (``tensorboard --logdir OUT``). ``python -m lit_mcmc.experiments.toy2d --help``.
+
+Presets (overrides of the paper configs in ``configs/toy2d``):
+
+- ``paper`` (``make table1``, with ``--trials 10``): the configs as written: ResMLP hidden 128, batch 2000,
+  15 001 steps; 2000 samples per row, K=10 MCMC steps per level.
+- ``demo`` (``make demo``): under 10 minutes on 2 cores. Network hidden 32 (paper 128; 16× fewer FLOPs per
+  evaluation), training batch 500 (÷4) for 3000 steps (÷5), 500 samples per row (÷4); sampler settings unchanged
+  (K=10, the paper's step sizes). Fewer than 3000 steps would leave much of the initial (zero-output) network in
+  the 0.999 EMA that sampling uses (0.999^3000 ≈ 5 %).
+- ``smoke`` (tests): hidden 16, 1 block, 30 steps of batch 128, 64 samples, K=1; score Reverse, score HMC-curve
+  and oracle rows only (so only the two score models are trained).
+
+Costs measured on the 2-core machine (CPU time of one thread): ~10 s of start-up (imports) per run; a training
+step takes 111 / 308 ms (score / energy model) at the paper's hidden 128 and batch 2000, 11 / 28 ms at the
+demo's; one target evaluation (two networks) while sampling takes ~97 / ~147 ms at the paper's size (2000
+samples), ~6 / ~11 ms at the demo's. A trial evaluates the target ~47k times per sample for the score rows
+(negation included; HMC-8-line alone 11 100) and ~12k times for the energy rows (mixture included). The paper
+preset thus needs ~19 000 CPU seconds per trial (~12 600 training, ~6 300 sampling), ~26 hours for 10 trials on
+2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs" / "toy2d"
+MODELS = ("gmm_energy", "bar_energy", "gmm_score", "bar_score")
+SCORE_ROWS = ("reverse", "ula", "la_1_line", "la_3_line", "la_8_line", "uhmc", "hmc_1_line", "hmc_3_line",
+              "hmc_8_line", "hmc_curve")
+ENERGY_ROWS = ("reverse", "ula", "la", "uhmc", "hmc")
+SAMPLE_CONFIGS = (*(f"sample_score_{r}" for r in SCORE_ROWS), *(f"sample_energy_{r}" for r in ENERGY_ROWS),
+                  "sample_oracle_hmc", "sample_energy_mixture", "sample_score_negation")
+EXACT = "exact"
+
+# Relative cost of a training step or target evaluation, for longest-first scheduling (measured): energy models
+# backpropagate to the input; the analytic oracle is cheap.
+EVALUATION_COST = {"score": 1.0, "energy": 2.3, "oracle": 0.5}
+
+# Preset field -> the config key it overrides.
+FIT_KEYS = {"hidden": "model.init_args.net.init_args.hidden", "n_blocks": "model.init_args.net.init_args.n_blocks",
+            "batch_size": "data.init_args.batch_size", "max_steps": "trainer.max_steps"}
+PREDICT_KEYS = {"n_samples": "data.init_args.n_samples", "sampler_steps": "model.init_args.sampler.n_steps"}
+# Configs holding the paper's values of those keys (for the caption).
+PAPER_FIT_CONFIG = "train_gmm_score"
+PAPER_PREDICT_CONFIG = "sample_score_hmc_curve"
+LABELS = {"hidden": "net hidden", "n_blocks": "net blocks", "batch_size": "training batch", "max_steps": "steps",
+          "n_samples": "samples per row", "sampler_steps": "MCMC steps per level K"}
+
+METRIC_FORMATS = {"ll": "%.2f", "w2": "%.3f", "gmm": "%.5f"}
+METRIC_HEADERS = {"ll": "LL ↑", "w2": "W2 ↓", "gmm": "GMM ↓"}
+DASH = "–"
+
+
+def load_config(stem: str) -> dict[str, Any]:
+    """The YAML config ``configs/toy2d/<stem>.yaml`` as a dict."""
+    return yaml.safe_load((CONFIGS / f"{stem}.yaml").read_text())
+
+
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key (``trainer.max_steps``) of a config dict."""
+    value: Any = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Overrides of the paper configs (None keeps the config's value) and the sample configs to run (None: all)."""
+
+    hidden: int | None = None
+    n_blocks: int | None = None
+    batch_size: int | None = None
+    max_steps: int | None = None
+    n_samples: int | None = None
+    sampler_steps: int | None = None
+    rows: tuple[str, ...] | None = None
+
+    def overrides(self, keys: dict[str, str]) -> list[str]:
+        """Command-line overrides (``--key value``) for the preset fields named in ``keys``."""
+        return [arg for name, key in keys.items() if getattr(self, name) is not None
+                for arg in (f"--{key}", str(getattr(self, name)))]
+
+    def reductions(self) -> str:
+        """The settings that differ from the paper's, e.g. 'steps 3000 (paper 15001, ÷5.0)'."""
+        paper = {**{n: config_value(load_config(PAPER_FIT_CONFIG), k) for n, k in FIT_KEYS.items()},
+                 **{n: config_value(load_config(PAPER_PREDICT_CONFIG), k) for n, k in PREDICT_KEYS.items()}}
+        changed = [f"{LABELS[f.name]} {getattr(self, f.name)} (paper {paper[f.name]}, "
+                   f"÷{paper[f.name] / getattr(self, f.name):.1f})"
+                   for f in fields(self) if f.name in paper and getattr(self, f.name) is not None]
+        return ", ".join(changed) if changed else "none: the paper's settings"
+
+
+PRESETS = {
+    "paper": Preset(),
+    "demo": Preset(hidden=32, batch_size=500, max_steps=3000, n_samples=500),
+    "smoke": Preset(hidden=16, n_blocks=1, batch_size=128, max_steps=30, n_samples=64, sampler_steps=1,
+                    rows=("sample_score_reverse", "sample_score_hmc_curve", "sample_oracle_hmc")),
+}
+
+
+# ----- jobs ------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    """One ``lit-mcmc`` run: its command, its run directory, when it counts as done, and its relative cost."""
+
+    label: str
+    command: list[str]
+    run_dir: Path
+    log_name: str
+    done: Callable[[], bool]
+    cost: float = 1.0
+
+
+class JobFailed(RuntimeError):
+    """A ``lit-mcmc`` run exited with an error; the message holds its log tail and command."""
+
+
+def fit_done(run_dir: Path, max_steps: int) -> bool:
+    """Whether ``run_dir/checkpoints/last.ckpt`` exists and was saved after ``max_steps`` training steps."""
+    import torch
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return last.is_file() and torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= max_steps
+
+
+def predict_done(run_dir: Path, outputs: Sequence[str]) -> bool:
+    """Whether every output file of a predict run exists."""
+    return all((run_dir / name).is_file() for name in outputs)
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lit_mcmc.cli", *args, "--trainer.enable_progress_bar", "false"]
+
+
+def fit_job(out: Path, trial: int, model: str, preset: Preset) -> Job:
+    """Training of component ``model`` (e.g. "gmm_score") for ``trial`` into ``out/trial_<k>/<model>``."""
+    config = load_config(f"train_{model}")
+    seed = str(config["seed_everything"] + trial)
+    run_dir = out / f"trial_{trial}" / model
+    max_steps = preset.max_steps or config_value(config, FIT_KEYS["max_steps"])
+    command = cli_command("fit", "--config", str(CONFIGS / f"train_{model}.yaml"),
+                          "--trainer.default_root_dir", str(run_dir), "--seed_everything", seed,
+                          "--model.init_args.seed", seed, "--data.init_args.seed", seed, *preset.overrides(FIT_KEYS))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():  # an interrupted run continues where it stopped
+        command += ["--ckpt_path", str(last)]
+    cost = max_steps * EVALUATION_COST[model.split("_")[1]]
+    return Job(f"trial_{trial}/{model}", command, run_dir, "fit.log", functools.partial(fit_done, run_dir, max_steps),
+               cost)
+
+
+def metrics_distribution(config: dict[str, Any]) -> str | None:
+    """The distribution a predict config's Toy2DMetrics callback scores against (None: no metrics)."""
+    for callback in config["trainer"].get("callbacks", []):
+        if callback["class_path"].endswith("Toy2DMetrics"):
+            return callback.get("init_args", {}).get("distribution", "product")
+    return None
+
+
+def evaluations_per_level(sampler: dict[str, Any]) -> int:
+    """Target evaluations per level of a sampler config (the shape of the cost, for scheduling only)."""
+    from lit_mcmc.samplers import SamplerConfig
+
+    spec = SamplerConfig(**sampler)
+    if spec.kernel == "reverse":
+        return 1
+    per_step = (spec.n_leapfrog if spec.kernel in ("uhmc", "hmc") else 1) + (
+        spec.n_points if spec.correction == "line" else 0)
+    return 1 + spec.n_steps * per_step
+
+
+def trained_models(stems: Sequence[str]) -> list[str]:
+    """The component models (e.g. "gmm_score") that the sample configs ``stems`` load checkpoints of."""
+    needed = {Path(spec["checkpoint"]).parts[0] for stem in stems
+              for spec in load_config(stem)["model"]["init_args"]["components"].values() if spec.get("checkpoint")}
+    return [model for model in MODELS if model in needed]
+
+
+def row_model(stem: str) -> str:
+    """"score", "energy" or "oracle", from a sample config's name."""
+    return stem.removeprefix("sample_").split("_")[0]
+
+
+def predict_job(out: Path, trial: int, stem: str, preset: Preset) -> Job:
+    """Sampler row ``stem`` (a sample config) for ``trial`` into ``out/trial_<k>/samples/<stem>``."""
+    config = load_config(stem)
+    run_dir = out / f"trial_{trial}" / "samples" / stem
+    command = cli_command("predict", "--config", str(CONFIGS / f"{stem}.yaml"),
+                          "--model.init_args.checkpoint_root", str(out / f"trial_{trial}"),
+                          "--trainer.default_root_dir", str(run_dir), "--model.init_args.seed", str(trial),
+                          *preset.overrides(PREDICT_KEYS))
+    outputs = ("samples.npz", "stats.json", *(("metrics.json",) if metrics_distribution(config) else ()))
+    cost = evaluations_per_level(config["model"]["init_args"]["sampler"]) * EVALUATION_COST[row_model(stem)]
+    return Job(f"trial_{trial}/samples/{stem}", command, run_dir, "predict.log",
+               functools.partial(predict_done, run_dir, outputs), cost)
+
+
+def job_env() -> dict[str, str]:
+    """The environment of every run: one thread each (jobs run side by side), the repo importable."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
+def log_tail(path: Path, n_lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n_lines:]) if path.is_file() else "(no log)"
+
+
+def run_jobs(jobs: Sequence[Job], n_workers: int) -> list[float]:
+    """Runs the jobs that are not done, longest first, ``n_workers`` at a time; one progress line per job.
+
+    Returns the CPU seconds of each run it started. On the first failure the other running jobs are stopped and
+    :class:`JobFailed` is raised.
+    """
+    todo = []
+    for job in jobs:
+        if job.done():
+            print(f"skipped {job.label}: outputs exist", file=sys.stderr)
+        else:
+            todo.append(job)
+    todo.sort(key=lambda job: -job.cost)
+    print(f"running {len(todo)} lit-mcmc jobs, {n_workers} at a time ({len(jobs) - len(todo)} skipped)",
+          file=sys.stderr)
+    finished = itertools.count(1)
+    lock = threading.Lock()
+    running: set[subprocess.Popen] = set()
+    failures: list[str] = []
+    cpu_seconds: list[float] = []
+
+    def run(job: Job) -> None:
+        with lock:
+            if failures:
+                return
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            log = job.run_dir / job.log_name
+            start = time.perf_counter()
+            with log.open("w") as stream:
+                process = subprocess.Popen(job.command, stdout=stream, stderr=subprocess.STDOUT, env=job_env(),
+                                           cwd=REPO)
+            running.add(process)
+        # wait4 also reports the run's CPU time (wall time alone misleads on a shared machine)
+        _, status, usage = os.wait4(process.pid, 0)
+        code = process.returncode = os.waitstatus_to_exitcode(status)
+        with lock:
+            running.discard(process)
+            cpu_seconds.append(usage.ru_utime + usage.ru_stime)
+            if failures:  # stopped because another job failed
+                return
+            if code != 0:
+                failures.append(f"{job.label} failed (exit code {code}); last lines of {log}:\n{log_tail(log)}\n"
+                                f"command: {shlex.join(job.command)}")
+                for other in running:  # os.kill, not terminate(): its poll() could reap a child another thread waits on
+                    os.kill(other.pid, signal.SIGTERM)
+                return
+            print(f"[{next(finished)}/{len(todo)}] {job.label} done in {time.perf_counter() - start:.1f} s "
+                  f"(CPU {cpu_seconds[-1]:.1f} s)", file=sys.stderr)
+
+    with ThreadPoolExecutor(max(1, n_workers)) as pool:
+        list(pool.map(run, todo))
+    if failures:
+        raise JobFailed(failures[0])
+    return cpu_seconds
+
+
+# ----- results ---------------------------------------------------------------------------------------------------
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """A predict run's numbers: sampler name, adjusted, accept_rate, nfe_per_sample, wall_seconds, ll/w2/gmm."""
+    stats = json.loads((run_dir / "stats.json").read_text())
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return {"sampler": stats["sampler"], "adjusted": stats["adjusted"],
+            **{k: stats[k] for k in ("accept_rate", "nfe_per_sample", "wall_seconds")},
+            **{k: metrics[k] for k in METRIC_FORMATS if k in metrics}}
+
+
+def exact_product_sets(n: int, trial: int) -> tuple[np.ndarray, np.ndarray]:
+    """(reference, fresh): the exact product samples Toy2DMetrics scores every row against, and a new exact set."""
+    from callbacks.toy2d_metrics import Toy2DMetrics
+    from lit_mcmc.data.toy2d import sample_distribution, seeded_generator
+
+    seed = Toy2DMetrics(distribution="product").seed
+    reference = sample_distribution("product", n, seeded_generator(seed)).numpy()
+    return reference, sample_distribution("product", n, seeded_generator(seed, 1 + trial)).numpy()
+
+
+def exact_floor(n: int, trial: int) -> dict[str, float]:
+    """The metrics of a fresh exact product sample set, scored exactly like the sampler rows."""
+    from callbacks.toy2d_metrics import Toy2DMetrics
+
+    reference, fresh = exact_product_sets(n, trial)
+    return Toy2DMetrics(distribution="product").evaluate(fresh, reference)
+
+
+def collect(out: Path, stems: Sequence[str], trials: int, n_samples: int) -> list[dict[str, Any]]:
+    """One record per row: key, model, sampler, adjusted, distribution, per-trial numbers, their mean and std."""
+    rows = []
+    for stem in stems:
+        runs = [read_run(out / f"trial_{k}" / "samples" / stem) for k in range(trials)]
+        rows.append({"key": stem, "model": row_model(stem), "sampler": runs[0]["sampler"],
+                     "adjusted": runs[0]["adjusted"], "distribution": metrics_distribution(load_config(stem)),
+                     "trials": runs})
+    rows.append({"key": EXACT, "model": EXACT, "sampler": "exact samples (floor)", "adjusted": False,
+                 "distribution": "product", "trials": [exact_floor(n_samples, k) for k in range(trials)]})
+    for row in rows:
+        numbers = {k for run in row["trials"] for k, v in run.items() if isinstance(v, float)}
+        values = {k: np.array([run[k] for run in row["trials"]]) for k in sorted(numbers)}
+        row["mean"] = {k: float(v.mean()) for k, v in values.items()}
+        row["std"] = {k: float(v.std()) if np.isfinite(v).all() else float("nan") for k, v in values.items()}
+    return rows
+
+
+def mean_std(values: Sequence[float], fmt: str) -> str:
+    """'1.23' for one value, '1.23 ± 0.04' for several (population std, ddof=0); a non-finite mean alone."""
+    if len(values) == 0:
+        return DASH
+    array = np.asarray(values, dtype=np.float64)
+    mean = array.mean()
+    if len(array) == 1 or not np.isfinite(mean):
+        return fmt % mean
+    return f"{fmt % mean} ± {fmt % array.std()}"
+
+
+def row_cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
+    """Table cells of a row: model, sampler, each metric (mean ± std), acceptance ('–' if unadjusted), NFE, wall."""
+    runs = row["trials"]
+
+    def mean_of(key: str, fmt: str) -> str:
+        values = [run[key] for run in runs if key in run]
+        return fmt % np.mean(values) if values else DASH
+
+    return [row["model"], row["sampler"], *(mean_std([r[m] for r in runs if m in r], METRIC_FORMATS[m])
+                                            for m in metrics),
+            mean_of("accept_rate", "%.3f") if row["adjusted"] else DASH,
+            mean_of("nfe_per_sample", "%.0f"), mean_of("wall_seconds", "%.1f")]
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (one header row, one separator row, then the rows)."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
+
+
+def tables(rows: Sequence[dict[str, Any]]) -> str:
+    """The product table (Table 1 rows, oracle and exact floor) and the mixture table, in Markdown."""
+    tail = ["accept", "NFE/sample", "wall s"]
+    product = [row_cells(r, list(METRIC_FORMATS)) for r in rows if r["distribution"] == "product"]
+    text = markdown_table(["Model", "Sampler", *METRIC_HEADERS.values(), *tail], product)
+    mixture = [row_cells(r, ["w2", "gmm"]) for r in rows if r["distribution"] == "mixture"]
+    if mixture:
+        text += ("\n\nMixture ½·GMM + ½·bar of the two energy models (not a Table-1 row), vs exact mixture samples:\n\n"
+                 + markdown_table(["Model", "Sampler", METRIC_HEADERS["w2"], METRIC_HEADERS["gmm"], *tail], mixture))
+    return text
+
+
+def caption(preset_name: str, preset: Preset, trials: int, n_workers: int, n_samples: int,
+            seconds: dict[str, float], cpu_seconds: dict[str, float], reused: int) -> str:
+    """What the table shows and how it was made: preset, trials, reductions, machine, wall (and CPU) times."""
+    cpu = {name: f" (CPU {value:.0f} s)" for name, value in cpu_seconds.items()}
+    phases = ", ".join(f"{name} {value:.0f} s{cpu.get(name, '')}" for name, value in seconds.items() if name != "total")
+    spread = ", mean ± population std" if trials > 1 else ""
+    return (f"2D product GMM × bar (Table 1), preset `{preset_name}`, {trials} trial(s){spread}. "
+            f"Reductions vs the paper: {preset.reductions()}. Metrics vs {n_samples} exact product samples "
+            f"(correct formulas, not paper_compat); accept = mean MH acceptance ('{DASH}' for unadjusted samplers); "
+            f"NFE = target evaluations per sample; wall s = sampling time of the predict run (one thread). W2 follows "
+            f"how many samples fall in each mode: two exact sets of this size differ by ~0.05-0.15 already. "
+            f"Machine: nproc = {len(os.sched_getaffinity(0))}, {n_workers} parallel jobs; "
+            f"total wall time {seconds['total']:.0f} s ({phases})"
+            + (f"; {reused} lit-mcmc runs reused from an earlier invocation are not timed." if reused else "."))
+
+
+def plot_figure(out: Path, rows: Sequence[dict[str, Any]], reference: np.ndarray, path: Path) -> None:
+    """A grid of trial 0's samples: exact product target, every row, the mixture and the negation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("exact product (target)", reference)]
+    for row in rows:
+        if row["key"] != EXACT:
+            samples = np.load(out / "trial_0" / "samples" / row["key"] / "samples.npz")["samples"]
+            kind = {"mixture": "mixture, ", None: "negation, "}.get(row["distribution"], "")
+            panels.append((f"{row['model']}: {kind}{row['sampler']}", samples))
+    n_cols = 5
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.4 * n_cols, 2.5 * n_rows), squeeze=False)
+    for ax, (title, points) in zip(axes.flat, panels, strict=False):
+        ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.4, linewidths=0)
+        ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), aspect="equal", xticks=[], yticks=[])
+        ax.set_title(title, fontsize=8)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=list(PRESETS), default="demo")
+    p.add_argument("--trials", type=int, default=1, help="independent trials (models retrained each time)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default runs/<preset>)")
+    p.add_argument("--jobs", type=int, default=2, help="lit-mcmc runs side by side (one thread each)")
+    args = p.parse_args(argv)
+    if args.trials < 1:
+        p.error(f"--trials={args.trials} must be >= 1")
+    if args.jobs < 1:
+        p.error(f"--jobs={args.jobs} must be >= 1 (runs side by side; use the number of CPU cores)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """Runs the experiment and returns (and prints) the table with its caption."""
+    args = parse_args(argv)
+    preset = PRESETS[args.preset]
+    out = (args.out or Path("runs") / args.preset).resolve()
+    stems = [s for s in SAMPLE_CONFIGS if preset.rows is None or s in preset.rows]
+    n_samples = preset.n_samples or config_value(load_config(PAPER_PREDICT_CONFIG), PREDICT_KEYS["n_samples"])
+    phases = {"train": [fit_job(out, k, m, preset) for k in range(args.trials) for m in trained_models(stems)],
+              "sample": [predict_job(out, k, s, preset) for k in range(args.trials) for s in stems]}
+    seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}
+    reused = 0
+    start = time.perf_counter()
+    for phase, jobs in phases.items():
+        phase_start = time.perf_counter()
+        try:
+            ran = run_jobs(jobs, args.jobs)
+        except JobFailed as error:
+            print(error, file=sys.stderr)
+            raise SystemExit(1) from error
+        seconds[phase], cpu_seconds[phase] = time.perf_counter() - phase_start, sum(ran)
+        reused += len(jobs) - len(ran)
+    evaluate_start = time.perf_counter()
+    rows = collect(out, stems, args.trials, n_samples)
+    plot_figure(out, rows, exact_product_sets(n_samples, 0)[0], out / "figure.png")
+    seconds["evaluate"] = time.perf_counter() - evaluate_start
+    seconds["total"] = time.perf_counter() - start
+    text = (caption(args.preset, preset, args.trials, args.jobs, n_samples, seconds, cpu_seconds, reused) + "\n\n"
+            + tables(rows) + "\n")
+    (out / "table.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(
+        {"preset": args.preset, "settings": {f.name: getattr(preset, f.name) for f in fields(preset)},
+         "reductions": preset.reductions(), "trials": args.trials, "n_samples": n_samples,
+         "nproc": len(os.sched_getaffinity(0)), "jobs": args.jobs, "seconds": seconds,
+         "cpu_seconds_of_runs": cpu_seconds, "reused_runs": reused,
+         "rows": rows}, indent=2))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
