@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from lit_mcmc.data.indices import shard_name, shard_paths
+from lit_mcmc.data.indices import read_shard, shard_name, shard_paths
 
 
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -96,14 +96,19 @@ class SampleWriter(BasePredictionWriter):
     def merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Merge the shards into samples.npz and stats.json; returns {"samples", "indices", "stats"}."""
         out = self.resolve_dir(trainer)
-        shards = [dict(np.load(p)) for p in shard_paths(out)]
+        shards = [s for s in map(read_shard, shard_paths(out)) if s is not None]
         if not shards:
             raise RuntimeError(f"no sample shards found in {out / 'shards'}")
+        for stale in (out / "shards").glob(".tmp_*"):  # partial writes of interrupted runs, now resampled
+            stale.unlink(missing_ok=True)
         indices = np.concatenate([s["indices"] for s in shards])
         order = np.argsort(indices, kind="stable")
         indices = indices[order]
         if len(np.unique(indices)) != len(indices):
             raise RuntimeError(f"duplicate sample indices in {out / 'shards'}: shards overlap")
+        n_samples = getattr(trainer.datamodule, "n_samples", None)
+        if n_samples is not None:
+            self._check_complete(indices, n_samples, out / "shards")
         samples = np.concatenate([s["samples"] for s in shards])[order]
         accept = np.concatenate([s["accept_rate"] for s in shards])[order]
         labels = np.concatenate([s["labels"] for s in shards])[order] if "labels" in shards[0] else None
@@ -112,6 +117,17 @@ class SampleWriter(BasePredictionWriter):
         stats = self._stats(shards, indices, accept, pl_module)
         atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
         return {"samples": samples, "indices": indices, "labels": labels, "stats": stats}
+
+    @staticmethod
+    def _check_complete(indices: np.ndarray, n_samples: int, shards: Path) -> None:
+        """The merged indices must be exactly 0..n_samples−1 (sorted, without duplicates)."""
+        if indices[-1] >= n_samples:
+            raise RuntimeError(f"{shards} holds samples up to index {indices[-1]} but data.n_samples={n_samples}: "
+                               "they are shards of another run; sample into a fresh trainer.default_root_dir")
+        missing = np.setdiff1d(np.arange(n_samples), indices)
+        if len(missing):
+            raise RuntimeError(f"{shards} lacks {len(missing)} of data.n_samples={n_samples} samples (indices "
+                               f"{missing[:5].tolist()}...): rerun the same command to draw them")
 
     def add_metrics(self, values: dict[str, float]) -> None:
         """Called by metric callbacks (listed after the writer) with their values for this run."""

@@ -43,6 +43,9 @@ class Toy2DMetrics(L.Callback):
             raise RuntimeError("Toy2DMetrics scores the merged samples: list callbacks.sample_writer.SampleWriter "
                                "before it in trainer.callbacks")
         samples = writer.merged["samples"]
+        if len(samples) < 10:
+            raise ValueError(f"Toy2DMetrics needs at least 10 samples to fit its 2-component GMMs, got {len(samples)}: "
+                             "raise data.n_samples or drop the metrics callback")
         reference = sample_distribution(self.distribution, len(samples), seeded_generator(self.seed)).numpy()
         self.metrics = self.evaluate(samples, reference)
         writer.add_metrics(self.metrics)

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from jsonargparse import Namespace
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
@@ -26,13 +28,19 @@ class LitMCMCCLI(LightningCLI):
         parser.set_defaults({"trainer.inference_mode": False})
 
     def before_instantiate_classes(self) -> None:
-        config = self.config[self.subcommand]
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        # Samples go to disk through the SampleWriter: keeping them all in memory as well helps no one.
+        if self.subcommand == "predict" and config.get("return_predictions") is None:
+            config["return_predictions"] = False
         # The index DataModule skips samples already written into the run directory (resume after preemption).
         data = config.get("data")
         if data is not None and data.get("class_path", "").endswith("SampleIndexDataModule"):
             init = data["init_args"]
             if init.get("output_dir") is None:
                 init["output_dir"] = config.trainer.default_root_dir or "."
+        job_id = SLURMEnvironment.job_id()  # None outside SLURM and in interactive sessions (several runs per job)
+        if job_id is not None:
+            pin_tensorboard_version(config.trainer, f"slurm_{job_id}")
 
     def instantiate_classes(self) -> None:
         # A bad value (negative step size, missing checkpoint, ...) is reported as one line naming the key, not as
@@ -51,6 +59,22 @@ class LitMCMCCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(root / "checkpoints")
+
+
+def pin_tensorboard_version(trainer: Namespace, version: str) -> None:
+    """Make the default or a version-less TensorBoard logger write into ``version`` (a requeued SLURM job's log dir).
+
+    A requeued job is the same run: with a fixed version it keeps appending to one TensorBoard folder instead of
+    starting ``version_<n+1>``. Other loggers, and a TensorBoard logger with an explicit version, are left as given.
+    """
+    logger = trainer.get("logger")
+    if logger is None or logger is True:  # Lightning's default: TensorBoard in default_root_dir/lightning_logs
+        save_dir = trainer.get("default_root_dir") or "."
+        trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                                   init_args=Namespace(save_dir=save_dir, version=version))
+    elif (isinstance(logger, Namespace) and logger.get("class_path", "").endswith(".TensorBoardLogger")
+          and logger.get("init_args.version") is None):
+        logger.init_args.version = version
 
 
 def concise_error(err: BaseException) -> str:

@@ -3,13 +3,16 @@
 The index set is cut into contiguous blocks of ``batch_size`` and block b goes to rank b mod world_size: no
 padding and no duplicates for any N and world size (a rank may get no block at all). Sample shards already on
 disk (written by ``callbacks.sample_writer.SampleWriter`` into ``output_dir``) are skipped, so rerunning a
-preempted job only samples what is missing. Randomness is keyed by the global index, so how the indices are
-split does not change any sample.
+preempted job only samples what is missing; unreadable shards (cut short by a crash) count as missing.
+Randomness is keyed by the global index, so how the indices are split does not change any sample.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -34,16 +37,37 @@ def shard_paths(output_dir: str | Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if SHARD_PATTERN.match(p.name))
 
 
+def read_shard(path: Path, keys: Sequence[str] | None = None) -> dict[str, np.ndarray] | None:
+    """The arrays of a shard (all, or only ``keys``), or None with a warning when the file cannot be read.
+
+    Shards are written atomically, but a node crash can still leave a renamed file whose data never reached the
+    disk; such a shard is treated as missing, so its samples are drawn (and its file rewritten) again.
+    """
+    try:
+        with np.load(path) as shard:
+            return {key: shard[key] for key in (keys or shard.files)}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        warnings.warn(f"ignoring unreadable sample shard {path} ({type(err).__name__}: {err}); its samples are "
+                      "drawn again", stacklevel=2)
+        return None
+
+
 def indices_on_disk(output_dir: str | Path | None) -> np.ndarray:
-    """Global indices already sampled and written to ``output_dir``."""
+    """Global indices already sampled and written to ``output_dir`` (in readable shards)."""
     if output_dir is None:
         return np.zeros(0, dtype=np.int64)
-    found = [np.load(p)["indices"] for p in shard_paths(output_dir)]
+    shards = [read_shard(p, ["indices"]) for p in shard_paths(output_dir)]
+    found = [shard["indices"] for shard in shards if shard is not None]
     return np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
 
 
 class IndexBatches(IterableDataset):
-    """This rank's blocks of global indices, each block one batch (a LongTensor)."""
+    """This rank's blocks of global indices, each block one batch (a LongTensor).
+
+    It has no ``__len__`` on purpose: Lightning skips the whole predict loop, hooks included, on a rank whose
+    dataloader has length 0 (and with DDP refuses it outright), so a rank without blocks would never reach the
+    writer's end-of-epoch barrier. Without a length every rank runs the hooks, with zero batches if need be.
+    """
 
     def __init__(self, indices: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
         blocks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
@@ -52,9 +76,6 @@ class IndexBatches(IterableDataset):
     def __iter__(self):  # type: ignore[override]
         for block in self.blocks:
             yield torch.from_numpy(block.copy())
-
-    def __len__(self) -> int:
-        return len(self.blocks)
 
 
 class SampleIndexDataModule(L.LightningDataModule):
@@ -76,15 +97,23 @@ class SampleIndexDataModule(L.LightningDataModule):
         self.n_samples = n_samples
         self.batch_size = batch_size
         self.output_dir = output_dir
+        self._remaining: np.ndarray | None = None
 
     def remaining_indices(self) -> np.ndarray:
+        """The indices 0..n_samples−1 that have no shard in ``output_dir`` yet."""
         done = indices_on_disk(self.output_dir)
         return np.setdiff1d(np.arange(self.n_samples, dtype=np.int64), done, assume_unique=True)
 
+    def setup(self, stage: str) -> None:
+        # Lightning ends the setup hooks with a barrier, so every rank reads the disk here before any rank writes
+        # a shard: all ranks then cut the same remaining indices into the same blocks.
+        if stage == "predict":
+            self._remaining = self.remaining_indices()
+
     def predict_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        dataset = IndexBatches(self.remaining_indices(), self.batch_size, rank, world)
-        return DataLoader(dataset, batch_size=None)
+        remaining = self._remaining if self._remaining is not None else self.remaining_indices()
+        return DataLoader(IndexBatches(remaining, self.batch_size, rank, world), batch_size=None)
 
 
 def as_index_tensor(batch: Tensor | dict) -> Tensor:
