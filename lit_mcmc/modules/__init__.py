@@ -1,6 +1,15 @@
-"""LightningModules: training (DiffusionModule) and sampling (SamplingModule)."""
+"""LightningModules: training (DiffusionModule, NoisyClassifierModule, ClassifierModule) and sampling."""
 
+from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule, load_classifier
 from lit_mcmc.modules.diffusion import DiffusionModule
 from lit_mcmc.modules.sampling import ComponentConfig, CompositionConfig, SamplingModule
 
-__all__ = ["ComponentConfig", "CompositionConfig", "DiffusionModule", "SamplingModule"]
+__all__ = [
+    "ClassifierModule",
+    "ComponentConfig",
+    "CompositionConfig",
+    "DiffusionModule",
+    "NoisyClassifierModule",
+    "SamplingModule",
+    "load_classifier",
+]

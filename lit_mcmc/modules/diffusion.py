@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import lightning as L
@@ -21,6 +22,11 @@ def rank_generator(seed: int, rank: int, device: torch.device) -> torch.Generato
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + rank)
 
 
+def validation_generator(seed: int, batch_idx: int, device: torch.device) -> torch.Generator:
+    """A generator fixed per (seed, validation batch), so validation losses are comparable across epochs."""
+    return torch.Generator(device=device).manual_seed(seed + 7919 * batch_idx)
+
+
 def _given_by_cli(module: L.LightningModule) -> bool:
     """Whether LightningCLI's instantiator is supplying this module's hyper-parameters (as plain config)."""
     from lightning.pytorch.core.mixins import hparams_mixin
@@ -29,7 +35,67 @@ def _given_by_cli(module: L.LightningModule) -> bool:
     return given is not None and given.get() is not None
 
 
-class DiffusionModule(L.LightningModule):
+def net_hparams_ignore(module: L.LightningModule, net: object) -> list[str] | None:
+    """What ``save_hyperparameters`` should leave out: the network, unless LightningCLI gives it as config.
+
+    Under ``lit-mcmc``, hparams hold the network's config (class_path/init_args), so a checkpoint rebuilds it;
+    from Python, pass ``net=`` to ``load_from_checkpoint`` instead.
+    """
+    return ["net"] if isinstance(net, nn.Module) and not _given_by_cli(module) else None
+
+
+def check_optimizer_args(lr: float, warmup_steps: int, weight_decay: float) -> None:
+    """Clear errors for the optimiser settings shared by the training modules."""
+    if lr <= 0:
+        raise ValueError(f"model.lr={lr} must be positive")
+    if warmup_steps < 0:
+        raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
+    if weight_decay < 0:
+        raise ValueError(f"model.weight_decay={weight_decay} must be >= 0")
+
+
+def adam_with_warmup(parameters: Iterable[nn.Parameter], lr: float, warmup_steps: int,
+                     weight_decay: float) -> dict[str, Any]:
+    """Adam with a linear learning-rate warm-up over ``warmup_steps`` optimiser steps, then constant (the papers')."""
+    optimizer = torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup_steps, 1)))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class PerRankNoise:
+    """Mixin for training modules that draw timesteps and noise from a per-rank generator kept in checkpoints.
+
+    The stream is seeded from ``hparams.seed`` and the process rank (:func:`rank_generator`); every rank's state is
+    saved with every checkpoint and restored on resume, so each rank of a restarted run continues its own stream
+    (a rank beyond the saved world size starts a fresh one).
+    """
+
+    _generator: torch.Generator | None = None
+    _generator_states: Tensor | None = None  # from a checkpoint: [world size, state bytes], row r for rank r
+
+    def train_generator(self) -> torch.Generator:
+        """This rank's training stream, on the module's device (restored from a checkpoint when resuming)."""
+        if self._generator is None or self._generator.device != self.device:  # type: ignore[attr-defined]
+            rank = self.global_rank  # type: ignore[attr-defined]
+            self._generator = rank_generator(self.hparams.seed, rank, self.device)  # type: ignore[attr-defined]
+            if self._generator_states is not None and rank < len(self._generator_states):
+                self._generator.set_state(self._generator_states[rank].clone())
+        return self._generator
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._generator is not None:
+            # Only rank 0 writes the file, so it gathers every rank's state (Lightning calls this on all ranks):
+            # [world size, state bytes] under DDP, the state vector itself for a single process.
+            state = self._generator.get_state().to(self.device)  # type: ignore[attr-defined]
+            checkpoint["noise_generator_state"] = self.all_gather(state).cpu()  # type: ignore[attr-defined]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("noise_generator_state")
+        self._generator_states = None if state is None else state.reshape(-1, state.shape[-1])
+        self._generator = None
+
+
+class DiffusionModule(PerRankNoise, L.LightningModule):
     """Trains ε̂(x_t, t) with the DDPM loss E‖ε − ε̂(√ᾱ_t x_0 + σ_t ε, t)‖² (mean over all elements).
 
     With ``parameterization="energy"`` the network f is wrapped as E = ‖f(x,t) − x‖² (or ½‖f‖²) and ε̂ = ∇ₓE is
@@ -55,28 +121,14 @@ class DiffusionModule(L.LightningModule):
         super().__init__()
         if parameterization not in ("score", "energy"):
             raise ValueError(f"model.parameterization={parameterization!r} is not one of ['score', 'energy']")
-        if lr <= 0:
-            raise ValueError(f"model.lr={lr} must be positive")
-        if warmup_steps < 0:
-            raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
-        # Under `lit-mcmc`, hparams hold the network's config (class_path/init_args), so a checkpoint rebuilds it;
-        # from Python, pass `net=` to `load_from_checkpoint` instead.
-        self.save_hyperparameters(ignore=["net"] if isinstance(net, nn.Module) and not _given_by_cli(self) else None)
+        check_optimizer_args(lr, warmup_steps, weight_decay)
+        self.save_hyperparameters(ignore=net_hparams_ignore(self, net))
         self.schedule_config = schedule or ScheduleConfig()
         self.schedule: NoiseSchedule = self.schedule_config.build()
         self.parameterization = parameterization
         self.net = EnergyNet(net, energy_form) if parameterization == "energy" else net
-        self._generator: torch.Generator | None = None
-        self._generator_state: Tensor | None = None
 
     # ----- the loss -----------------------------------------------------------------------------------------
-
-    def _train_generator(self) -> torch.Generator:
-        if self._generator is None or self._generator.device != self.device:
-            self._generator = rank_generator(self.hparams.seed, self.global_rank, self.device)
-            if self._generator_state is not None:
-                self._generator.set_state(self._generator_state)
-        return self._generator
 
     def loss(self, x0: Tensor, generator: torch.Generator | None) -> Tensor:
         """The DDPM ε-loss on a batch of data, with timesteps and noise drawn from ``generator``."""
@@ -91,34 +143,21 @@ class DiffusionModule(L.LightningModule):
         return batch[0] if isinstance(batch, (list, tuple)) else batch
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        loss = self.loss(self._data(batch), self._train_generator())
+        loss = self.loss(self._data(batch), self.train_generator())
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        # Fixed noise per batch, so validation losses are comparable across epochs. Energy models need input
-        # gradients, which Lightning's default inference mode forbids: leave it for this step.
-        generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed + 7919 * batch_idx)
+        # Energy models need input gradients, which Lightning's default inference mode forbids: leave it here.
+        generator = validation_generator(self.hparams.seed, batch_idx, self.device)
         with torch.inference_mode(False), torch.enable_grad():
             loss = self.loss(self._data(batch).clone(), generator)
         self.log("val/loss", loss.detach(), prog_bar=True, sync_dist=True)
         return loss.detach()
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        warmup = self.hparams.warmup_steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(warmup, 1)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # ----- checkpoints: keep the per-rank random stream across restarts ------------------------------------------
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._generator is not None:
-            checkpoint["noise_generator_state"] = self._generator.get_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._generator_state = checkpoint.get("noise_generator_state")
-        self._generator = None
+        return adam_with_warmup(self.parameters(), self.hparams.lr, self.hparams.warmup_steps,
+                                self.hparams.weight_decay)
 
     # ----- sampling ----------------------------------------------------------------------------------------------
 

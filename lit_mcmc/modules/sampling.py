@@ -11,26 +11,32 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lit_mcmc.compose import Mixture, Negation, Product
+from lit_mcmc.compose import ClassifierFreeGuidance, ClassifierGuidance, LabelledGuidance, Mixture, Negation, Product
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
+from lit_mcmc.modules.classifiers import NoisyClassifierModule
 from lit_mcmc.modules.diffusion import DiffusionModule
-from lit_mcmc.samplers import PerSampleRandom, SamplerConfig
+from lit_mcmc.samplers import AnnealedSampler, PerSampleRandom, SamplerConfig
 from lit_mcmc.targets import DiffusedGaussianMixture, DiffusedUniformBox, Target
 
 ANALYTIC = ("toy2d_gmm", "toy2d_bar")
+ROLES = ("diffusion", "classifier")
+COMPOSITIONS = ("single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance")
+GUIDED = ("classifier_guidance", "classifier_free_guidance")
 
 
 @dataclass
 class ComponentConfig:
     """One model of a composition: a trained checkpoint, or an analytic target (exact scores, no training).
 
-    ``checkpoint``: a ``lit-mcmc fit`` checkpoint of a DiffusionModule (relative paths are resolved against the
-    SamplingModule's ``checkpoint_root``). ``analytic``: "toy2d_gmm" or "toy2d_bar" (the paper's 2D densities,
-    diffused in closed form).
+    ``checkpoint``: a ``lit-mcmc fit`` checkpoint (relative paths are resolved against the SamplingModule's
+    ``checkpoint_root``) of a DiffusionModule (``role: diffusion``) or of a NoisyClassifierModule
+    (``role: classifier``, for ``classifier_guidance``). ``analytic``: "toy2d_gmm" or "toy2d_bar" (the paper's
+    2D densities, diffused in closed form).
     """
 
     checkpoint: str | None = None
     analytic: str | None = None
+    role: Literal["diffusion", "classifier"] = "diffusion"
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.analytic is None):
@@ -38,17 +44,71 @@ class ComponentConfig:
                              f"(one of {list(ANALYTIC)})")
         if self.analytic is not None and self.analytic not in ANALYTIC:
             raise ValueError(f"analytic={self.analytic!r} is not one of {list(ANALYTIC)}")
+        if self.role not in ROLES:
+            raise ValueError(f"role={self.role!r} is not one of {list(ROLES)}")
+        if self.role == "classifier" and self.checkpoint is None:
+            raise ValueError("a component with role='classifier' needs a 'checkpoint' of a NoisyClassifierModule")
 
 
 @dataclass
 class CompositionConfig:
-    """How the components combine: "single" (one part), "product", "negation" (parts [p, q]: p^{1+α}/q^α),
-    or "mixture" (needs energy models or analytic parts)."""
+    """How the components combine.
 
-    kind: Literal["single", "product", "negation", "mixture"] = "product"
+    ``kind``: "single" (one part), "product", "negation" (parts [p, q]: p^{1+α}/q^α), "mixture" (needs energy
+    models or analytic parts), "classifier_guidance" (the product of ``parts`` times p_φ(y | x_t)^``scale``, with
+    the noisy classifier component named by ``classifier``), or "classifier_free_guidance" (parts
+    [conditional, unconditional], weights (``scale``, 1 − ``scale``)).
+
+    Classifier guidance only: ``mh_scale`` is the classifier's weight in the MH test (null: ``scale``; 1.0
+    reproduces the reference code, ALGORITHMS.md §11.9). Sample i is guided towards class ``labels[i % len(labels)]``
+    when ``labels`` is given, else ``i % n_classes``; ``n_classes`` defaults to the classifier's output width.
+    """
+
+    kind: Literal["single", "product", "negation", "mixture", "classifier_guidance",
+                  "classifier_free_guidance"] = "product"
     parts: list[str] = field(default_factory=list)
     weights: list[float] | None = None
     alpha: float = 0.3
+    classifier: str | None = None
+    scale: float | None = None
+    mh_scale: float | None = None
+    labels: list[int] | None = None
+    n_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        key = "model.composition"
+        if self.kind not in COMPOSITIONS:
+            raise ValueError(f"{key}.kind={self.kind!r} is not one of {list(COMPOSITIONS)}")
+        if self.kind in GUIDED and self.scale is None:
+            raise ValueError(f"{key}.scale must be set for kind={self.kind!r} (the guidance weight, e.g. 20)")
+        if self.kind not in GUIDED and self.scale is not None:
+            raise ValueError(f"{key}.scale applies only to kinds {list(GUIDED)} (kind is {self.kind!r}): remove it")
+        guidance_only = {"classifier": self.classifier, "mh_scale": self.mh_scale, "labels": self.labels,
+                         "n_classes": self.n_classes}
+        if self.kind != "classifier_guidance":
+            given = [name for name, value in guidance_only.items() if value is not None]
+            if given:
+                raise ValueError(f"{key}.{given[0]} applies only to kind='classifier_guidance' (kind is "
+                                 f"{self.kind!r}): remove it")
+            return
+        if self.classifier is None:
+            raise ValueError(f"{key}.classifier must name the component (with role: classifier) that guides "
+                             "the sampling, for kind='classifier_guidance'")
+        if self.n_classes is not None and self.n_classes < 1:
+            raise ValueError(f"{key}.n_classes={self.n_classes} must be >= 1")
+        if self.labels is not None:
+            if len(self.labels) == 0:
+                raise ValueError(f"{key}.labels=[] needs at least one class (or null for index % n_classes)")
+            self.check_labels(self.n_classes)
+
+    def check_labels(self, n_classes: int | None) -> None:
+        """Labels must be classes in [0, n_classes − 1] (or >= 0 while n_classes is unknown)."""
+        if self.labels is None:
+            return
+        bad = [y for y in self.labels if y < 0 or (n_classes is not None and y >= n_classes)]
+        if bad:
+            valid = f"[0, {n_classes - 1}]" if n_classes is not None else ">= 0"
+            raise ValueError(f"model.composition.labels contains {bad}, outside the classifier's classes {valid}")
 
 
 def analytic_target(name: str, schedule: NoiseSchedule) -> Target:
@@ -63,14 +123,16 @@ def analytic_target(name: str, schedule: NoiseSchedule) -> Target:
 class SamplingModule(L.LightningModule):
     """Runs a composed, annealed sampler over batches of global sample indices (``lit-mcmc predict``).
 
-    Every sample's randomness is keyed by (``seed``, its global index), so the samples do not depend on the batch
-    size, the number of processes, or interruptions.
+    Every sample's randomness is keyed by (``seed``, its global index), and so is its class label under classifier
+    guidance, so the samples do not depend on the batch size, the number of processes, or interruptions.
+    ``predict_step`` returns a dict with ``samples``, ``indices``, the per-sample MCMC statistics and, under
+    classifier guidance only, ``labels`` (LongTensor [B], the class each sample was guided towards).
 
     Args:
-        components: named models (checkpoints or analytic targets).
+        components: named models (checkpoints or analytic targets; guidance classifiers with role: classifier).
         composition: how the named components combine.
         sampler: the kernel, its hyper-parameters, and the level schedule.
-        sample_shape: shape of one sample, e.g. [2].
+        sample_shape: shape of one sample, e.g. [2] or [3, 32, 32].
         seed: base seed of the per-sample random streams.
         checkpoint_root: directory that relative checkpoint paths are resolved against.
         schedule: noise schedule for analytic components; with checkpoints it must match theirs (or be null).
@@ -81,31 +143,71 @@ class SamplingModule(L.LightningModule):
                  schedule: ScheduleConfig | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self._check_names(components, composition)  # before loading anything: config errors come first
         self.sampler_config = sampler
+        self.composition = composition
         self.sample_shape = list(sample_shape)
         self.seed = seed
         self.models = nn.ModuleDict()
         schedules: dict[str, NoiseSchedule] = {}
         for name, spec in components.items():
             if spec.checkpoint is not None:
-                module = self._load(Path(checkpoint_root) / spec.checkpoint if not Path(spec.checkpoint).is_absolute()
-                                    else Path(spec.checkpoint), name)
+                path = Path(spec.checkpoint)
+                module = self._load(path if path.is_absolute() else Path(checkpoint_root) / path, name, spec.role)
                 self.models[name] = module
                 schedules[name] = module.schedule
         self.schedule = self._common_schedule(schedules, schedule)
         parts = {name: (self.models[name].target() if spec.checkpoint is not None
                         else analytic_target(spec.analytic, self.schedule))  # type: ignore[arg-type]
-                 for name, spec in components.items()}
-        self.target = self._compose(parts, composition)
+                 for name, spec in components.items() if spec.role == "diffusion"}
+        self.n_classes: int | None = None
+        if composition.kind == "classifier_guidance":
+            self.target: Target = self._classifier_guidance(parts, composition)
+        else:
+            self.target = self._compose(parts, composition)
         self.sampler = sampler.build(self.target, self.schedule)
 
     @staticmethod
-    def _load(path: Path, name: str) -> DiffusionModule:
+    def _check_names(components: dict[str, ComponentConfig], spec: CompositionConfig) -> None:
+        diffusion = [n for n, c in components.items() if c.role == "diffusion"]
+        classifiers = [n for n, c in components.items() if c.role == "classifier"]
+        unknown = [n for n in spec.parts if n not in components]
+        if unknown:
+            raise ValueError(f"model.composition.parts names unknown components {unknown}; known: {list(components)}")
+        misused = [n for n in spec.parts if n in classifiers]
+        if misused:
+            raise ValueError(f"model.composition.parts names classifier components {misused}; parts are diffusion "
+                             f"models ({diffusion}); name the classifier in model.composition.classifier instead")
+        if not diffusion:
+            raise ValueError("model.components needs at least one diffusion model (role: diffusion)")
+        if spec.kind == "classifier_guidance":
+            if spec.classifier not in components:
+                raise ValueError(f"model.composition.classifier={spec.classifier!r} is not a component; add it to "
+                                 f"model.components with role: classifier (known: {list(components)})")
+            if spec.classifier not in classifiers:
+                raise ValueError(f"model.composition.classifier={spec.classifier!r} is a diffusion component; set "
+                                 f"model.components.{spec.classifier}.role: classifier for a guidance classifier")
+        elif classifiers:
+            raise ValueError(f"components {classifiers} have role: classifier, which only "
+                             "model.composition.kind='classifier_guidance' uses; remove them or change the kind")
+
+    @staticmethod
+    def _load(path: Path, name: str, role: str) -> DiffusionModule | NoisyClassifierModule:
         if not path.is_file():
             raise FileNotFoundError(
                 f"checkpoint for component {name!r} not found: {path}. Train it with `lit-mcmc fit` (see configs/), "
                 f"or set model.components.{name}.checkpoint (relative paths start at model.checkpoint_root)")
-        module = DiffusionModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        module_class = DiffusionModule if role == "diffusion" else NoisyClassifierModule
+        try:
+            module = module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        except KeyError as err:
+            raise ValueError(f"model.components.{name}.checkpoint={str(path)!r} is not a `lit-mcmc fit` checkpoint "
+                             f"of a {module_class.__name__} (missing {err}); checkpoints from other code bases "
+                             "need a converter") from None
+        except ValueError as err:  # e.g. a classifier checkpoint given the diffusion role, or the reverse
+            raise ValueError(f"model.components.{name}.checkpoint={str(path)!r} does not load as a "
+                             f"{module_class.__name__} (model.components.{name}.role={role!r}; is the role "
+                             f"right?): {err}") from None
         module.eval().requires_grad_(False)  # sampling needs input gradients only
         return module
 
@@ -126,9 +228,6 @@ class SamplingModule(L.LightningModule):
     @staticmethod
     def _compose(parts: dict[str, Target], spec: CompositionConfig) -> Target:
         names = spec.parts or list(parts)
-        unknown = [n for n in names if n not in parts]
-        if unknown:
-            raise ValueError(f"model.composition.parts names unknown components {unknown}; known: {list(parts)}")
         chosen = [parts[n] for n in names]
         if spec.kind == "single":
             if len(chosen) != 1:
@@ -136,25 +235,67 @@ class SamplingModule(L.LightningModule):
             return chosen[0]
         if spec.kind == "product":
             return Product(chosen, spec.weights)
-        if spec.kind == "negation":
+        if spec.kind in ("negation", "classifier_free_guidance"):
             if len(chosen) != 2:
-                raise ValueError(f"model.composition.kind='negation' needs two parts [keep, remove], got {names}")
-            return Negation(chosen[0], chosen[1], spec.alpha)
-        if spec.kind == "mixture":
-            return Mixture(chosen, spec.weights)
-        raise ValueError(f"model.composition.kind={spec.kind!r} is not one of single, product, negation, mixture")
+                roles = "[keep, remove]" if spec.kind == "negation" else "[conditional, unconditional]"
+                raise ValueError(f"model.composition.kind={spec.kind!r} needs two parts {roles}, got {names}")
+            if spec.kind == "negation":
+                return Negation(chosen[0], chosen[1], spec.alpha)
+            return ClassifierFreeGuidance(chosen[0], chosen[1], spec.scale)  # type: ignore[arg-type]
+        return Mixture(chosen, spec.weights)
+
+    def _classifier_guidance(self, parts: dict[str, Target], spec: CompositionConfig) -> ClassifierGuidance:
+        names = spec.parts or list(parts)
+        inner = parts[names[0]] if len(names) == 1 and spec.weights is None else Product(
+            [parts[n] for n in names], spec.weights)
+        classifier = self.models[spec.classifier]
+        self.n_classes = self._classifier_width(classifier, spec.classifier)  # type: ignore[arg-type]
+        if spec.n_classes is not None and spec.n_classes != self.n_classes:
+            raise ValueError(f"model.composition.n_classes={spec.n_classes} but classifier {spec.classifier!r} "
+                             f"returns {self.n_classes} logits; set it to {self.n_classes} or null")
+        spec.check_labels(self.n_classes)
+        return ClassifierGuidance(inner, classifier, self.schedule, spec.scale, mh_scale=spec.mh_scale)  # type: ignore[arg-type]
+
+    def _classifier_width(self, classifier: nn.Module, name: str) -> int:
+        """The number of classes, from one forward pass on a zero image of ``sample_shape`` at the noisiest level."""
+        x = torch.zeros(1, *self.sample_shape)
+        try:
+            with torch.no_grad():
+                logits = classifier(x, self.schedule.model_t(self.schedule.T - 1, 1))
+        except (ValueError, RuntimeError) as err:
+            raise ValueError(f"classifier {name!r} does not accept samples of model.sample_shape="
+                             f"{self.sample_shape}: {err}") from None
+        if logits.dim() != 2:
+            raise ValueError(f"classifier {name!r} must return logits [B, n_classes], got {tuple(logits.shape)}")
+        return int(logits.shape[1])
+
+    def labels_for(self, indices: Tensor) -> Tensor | None:
+        """The class each sample is guided towards (None without classifier guidance); a function of the index."""
+        if self.composition.kind != "classifier_guidance":
+            return None
+        if self.composition.labels is not None:
+            cycle = torch.tensor(self.composition.labels, dtype=torch.long, device=indices.device)
+            return cycle[indices % len(cycle)]
+        return indices % self.n_classes  # type: ignore[operator]
 
     def on_predict_start(self) -> None:
         if self.trainer.predict_loop.inference_mode:
             raise RuntimeError("MCMC sampling needs input gradients, which torch.inference_mode forbids: set "
                                "trainer.inference_mode: false (the lit-mcmc CLI does this by default)")
 
+    def _sampler_for(self, labels: Tensor | None) -> AnnealedSampler:
+        if labels is None:
+            return self.sampler
+        assert isinstance(self.target, LabelledGuidance)
+        return self.sampler_config.build(self.target.with_labels(labels), self.schedule)
+
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any]:
         indices = torch.as_tensor(batch, dtype=torch.long)
+        labels = self.labels_for(indices.to(self.device))
         start = time.perf_counter()
-        samples, info = self.sampler.sample((len(indices), *self.sample_shape), PerSampleRandom(self.seed, indices),
-                                            device=self.device)
-        return {
+        samples, info = self._sampler_for(labels).sample((len(indices), *self.sample_shape),
+                                                         PerSampleRandom(self.seed, indices), device=self.device)
+        output = {
             "indices": indices.cpu(),
             "samples": samples,
             "accept_rate": info.accept_rate_per_sample,
@@ -164,3 +305,6 @@ class SamplingModule(L.LightningModule):
             "n_nonfinite": info.n_nonfinite,
             "seconds": time.perf_counter() - start,
         }
+        if labels is not None:
+            output["labels"] = labels.cpu()
+        return output
