@@ -21,6 +21,7 @@ import matplotlib
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_mcmc.data.indices import read_shard, shard_name, shard_paths
 
@@ -144,8 +145,11 @@ class SampleWriter(BasePredictionWriter):
     def _log_tensorboard(self, trainer: L.Trainer, stats: dict[str, Any], record: dict[str, Any]) -> None:
         numeric = {f"metrics/{k}": float(v) for k, v in record.items() if isinstance(v, (int, float))}
         for logger in trainer.loggers:
-            logger.log_hyperparams(stats.get("hparams", {}), numeric)
-            logger.log_metrics(numeric, step=0)
+            if isinstance(logger, TensorBoardLogger):  # writes the metric scalars with the HParams session
+                logger.log_hyperparams(stats.get("hparams", {}), numeric)
+            else:
+                logger.log_hyperparams(stats.get("hparams", {}))
+                logger.log_metrics(numeric, step=0)
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_scalar"):
                 for level, rate in stats["accept_rate_per_level"].items():

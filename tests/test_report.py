@@ -1,0 +1,58 @@
+"""The SampleWriter's report: metrics.json and TensorBoard (HParams with metrics, acceptance per level, picture)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+from callbacks.sample_writer import SampleWriter
+from lit_mcmc.data.indices import SampleIndexDataModule
+from lit_mcmc.samplers import SamplerConfig
+
+
+class FakeSampler(LightningModule):
+    """predict_step returns the record a SamplingModule returns, for 2D points."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sampler_config = SamplerConfig(kernel="hmc", step_size=0.03, correction="curve", n_steps=2)
+
+    def predict_step(self, batch, batch_idx):
+        n = len(batch)
+        return {"indices": batch, "samples": torch.randn(n, 2, generator=torch.Generator().manual_seed(batch_idx)),
+                "accept_rate": torch.full((n,), 0.75, dtype=torch.float64), "nfe": 7, "adjusted": True,
+                "accept_rate_per_level": {0: 0.9, 1: 0.6}, "n_nonfinite": 0, "seconds": 0.5}
+
+
+def test_hparams_metrics_curves_and_picture_reach_tensorboard(tmp_path):
+    class Quality(Callback):  # reports a quality metric through the writer, as metric callbacks do
+        def on_predict_epoch_end(self, trainer, pl_module):
+            trainer.callbacks[0].add_metrics({"w2": 0.25})
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="v")
+    trainer = Trainer(accelerator="cpu", logger=logger, callbacks=[SampleWriter(str(tmp_path)), Quality()],
+                      enable_progress_bar=False, inference_mode=False)
+    trainer.predict(FakeSampler(), datamodule=SampleIndexDataModule(n_samples=20, batch_size=8,
+                                                                    output_dir=str(tmp_path)),
+                    return_predictions=False)
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["w2"] == 0.25 and metrics["nfe_per_sample"] == 7 and metrics["accept_rate"] == 0.75
+
+    acc = EventAccumulator(str(tmp_path / "tb" / "v"), size_guidance={"tensors": 0, "images": 0, "scalars": 0})
+    acc.Reload()
+    start = HParamsPluginData.FromString(acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content)
+    hparams = start.session_start_info.hparams
+    assert hparams["sampler"].string_value == "HMC-curve" and hparams["step_size"].number_value == 0.03
+    experiment = HParamsPluginData.FromString(acc.SummaryMetadata("_hparams_/experiment").plugin_data.content)
+    metric_tags = {info.name.tag for info in experiment.experiment.metric_infos}
+    assert {"metrics/w2", "metrics/accept_rate", "metrics/nfe_per_sample"} <= metric_tags
+    assert [e.value for e in acc.Scalars("metrics/w2")] == [0.25]
+    curve = {e.step: round(e.value, 6) for e in acc.Scalars("sampler/accept_rate_per_level")}
+    assert curve == {0: 0.9, 1: 0.6}
+    assert "samples" in acc.Tags()["images"]  # the scatter plot of the samples
