@@ -174,7 +174,8 @@ class SampleWriter(BasePredictionWriter):
         sampler = getattr(pl_module, "sampler_config", None)
         return {
             "sampler": sampler.name if sampler is not None else None,
-            "hparams": sampler.hparams() if sampler is not None else {},
+            "hparams": pl_module.report_hparams() if hasattr(pl_module, "report_hparams")
+            else (sampler.hparams() if sampler is not None else {}),
             "n_samples": int(len(indices)),
             "adjusted": bool(any(bool(s["adjusted"]) for s in shards)),
             "accept_rate": float(accept.mean()),

@@ -289,6 +289,12 @@ class SamplingModule(L.LightningModule):
         assert isinstance(self.target, LabelledGuidance)
         return self.sampler_config.build(self.target.with_labels(labels), self.schedule)
 
+    def report_hparams(self) -> dict[str, Any]:
+        """The sampler's hyper-parameters plus the composition's (stats.json, TensorBoard's HParams view)."""
+        spec = self.composition
+        extra = {"composition": spec.kind, "guidance_scale": spec.scale, "mh_scale": spec.mh_scale}
+        return {**self.sampler_config.hparams(), **{k: "none" if v is None else v for k, v in extra.items()}}
+
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any]:
         indices = torch.as_tensor(batch, dtype=torch.long)
         labels = self.labels_for(indices.to(self.device))
