@@ -74,14 +74,15 @@ def test_trapezoid_is_exact_for_linear_scores(gaussian, correction):
     assert torch.allclose(estimate, exact, atol=1e-5)
 
 
-@pytest.mark.parametrize("make", [
-    lambda c, n: MALA(0.01, c, n),
-    lambda c, n: HMC(0.3, n_leapfrog=3, damping=0.5, correction=c, n_points=n),
-])
-@pytest.mark.parametrize("correction,n_points", [("line", 0), ("line", 3), ("curve", 0), ("curve", 1)])
+MALA_MAKER = lambda c, n: MALA(0.01, c, n)  # noqa: E731
+HMC_MAKER = lambda c, n: HMC(0.3, n_leapfrog=3, damping=0.5, correction=c, n_points=n)  # noqa: E731
+
+
+@pytest.mark.parametrize("make,correction,n_points", [
+    (MALA_MAKER, "line", 0), (MALA_MAKER, "line", 3),
+    (HMC_MAKER, "line", 0), (HMC_MAKER, "line", 3), (HMC_MAKER, "curve", 0), (HMC_MAKER, "curve", 1),
+], ids=["MALA-line-0", "MALA-line-3", "HMC-line-0", "HMC-line-3", "HMC-curve-0", "HMC-curve-1"])
 def test_integrated_corrections_take_the_energy_decisions(gaussian, make, correction, n_points):
-    if correction == "curve" and isinstance(make("energy", 0), MALA):
-        pytest.skip("curve applies to HMC only (tested in test_errors)")
     x0 = gaussian.sample(500, 10, torch.Generator().manual_seed(0)).double()
     exact_kernel, integrated_kernel = make("energy", 0), make(correction, n_points)
     x_exact, info_exact = exact_kernel.run(gaussian, x0, 10, 15, torch.Generator().manual_seed(7))
