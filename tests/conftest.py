@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -34,3 +35,12 @@ def bar(cosine100: NoiseSchedule) -> DiffusedUniformBox:
 @pytest.fixture(scope="session")
 def product(gmm8: DiffusedGaussianMixture, bar: DiffusedUniformBox) -> Product:
     return Product([gmm8, bar])
+
+
+@pytest.fixture
+def restore_environ():
+    """In-process CLI runs set PL_GLOBAL_SEED (tests set SLURM_*): later tests and subprocesses must not see them."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

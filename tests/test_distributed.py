@@ -42,15 +42,6 @@ def ddp_predict(root: Path, n_samples: int, *extra: str) -> subprocess.Completed
                       "--trainer.strategy", "ddp", timeout=300)
 
 
-@pytest.fixture
-def restore_environ():
-    """In-process runs set PL_GLOBAL_SEED and friends; later tests and subprocesses must not inherit them."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def predict_in_process(root: Path, batch_size: int) -> dict[str, np.ndarray]:
     from lit_mcmc.cli import main
 

@@ -25,15 +25,6 @@ CONFIGS = REPO / "configs" / "toy2d"
 N_SAMPLES, BATCH = 40, 4
 
 
-@pytest.fixture
-def restore_environ():
-    """In-process runs set PL_GLOBAL_SEED (and tests set SLURM_*); later tests and subprocesses must not see them."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def predict_args(root: Path, n_samples: int = N_SAMPLES) -> list[str]:
     return ["predict", "--config", str(CONFIGS / "sample_oracle_hmc.yaml"), "--trainer.default_root_dir", str(root),
             "--trainer.enable_progress_bar", "false", "--data.init_args.n_samples", str(n_samples),
