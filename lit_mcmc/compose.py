@@ -120,7 +120,9 @@ def class_log_prob_and_grad(classifier: nn.Module, x: Tensor, labels: Tensor,
         if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
             raise ValueError(f"the classifier must return logits of shape [B={x.shape[0]}, n_classes], got "
                              f"{tuple(logits.shape)}")
-        if bool((labels < 0).any()) or bool((labels >= logits.shape[1]).any()):
+        # Host-side check on CPU only: on an accelerator it would sync every evaluation (SamplingModule checks the
+        # labels against the classifier's classes once, up front; gather asserts on the device otherwise).
+        if labels.device.type == "cpu" and (bool((labels < 0).any()) or bool((labels >= logits.shape[1]).any())):
             raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}] (the classifier's classes), got values "
                              f"in [{int(labels.min())}, {int(labels.max())}]")
         log_prob = torch.log_softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)

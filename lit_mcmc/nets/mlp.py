@@ -23,7 +23,9 @@ def check_timesteps(t: Tensor, batch_size: int, n_steps: int) -> None:
         raise ValueError(
             f"timesteps t must have shape [B] = [{batch_size}] to match the batch of x, got {list(t.shape)}"
         )
-    if t.numel() > 0:
+    # The value check reads t on the host: on an accelerator that is a sync per network call on the sampling hot
+    # path, so it runs on CPU only (on CUDA an out-of-range index still fails, with a device-side assert).
+    if t.numel() > 0 and t.device.type == "cpu":
         t_min, t_max = int(t.min()), int(t.max())
         if t_min < 0 or t_max >= n_steps:
             raise ValueError(
