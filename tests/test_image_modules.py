@@ -326,6 +326,23 @@ def test_fit_then_guided_predict_round_trip(tmp_path: Path):
         SamplingModule(composition=CompositionConfig(kind="classifier_guidance", parts=["diffusion"],
                                                      classifier="clf", scale=20.0, labels=[2]), **common)
 
+    # respacing: keeping every level reproduces the samples of the full schedule; with fewer levels the networks are
+    # still called with their training levels
+    guidance = CompositionConfig(kind="classifier_guidance", parts=["diffusion"], classifier="clf", scale=20.0)
+    batch = torch.arange(4)
+    plain = SamplingModule(composition=guidance, **common).predict_step(batch, 0)["samples"]
+    identity = SamplingModule(composition=guidance, respace=TINY_LEVELS, **common).predict_step(batch, 0)["samples"]
+    torch.testing.assert_close(identity, plain, rtol=0, atol=0)
+    respaced = SamplingModule(composition=guidance, respace=3, **common)
+    seen: list[int] = []
+    for name in ("diffusion", "clf"):
+        respaced.models[name].net.register_forward_pre_hook(lambda _, args: seen.extend(args[1].tolist()))
+    output = respaced.predict_step(batch, 0)
+    assert respaced.schedule.T == 3 and output["samples"].shape == (4, 1, 8, 8)
+    assert set(seen) == set(respaced.schedule.model_timesteps.tolist()) == {0, 10, 19}  # round(k * 19 / 2)
+    with pytest.raises(ValueError, match=r"model.respace=1 must lie in \[2, "):
+        SamplingModule(composition=guidance, respace=1, **common)
+
     # a checkpoint of the wrong kind for its role is named with the key to fix
     swapped = {"diffusion": ComponentConfig(checkpoint="noisy_classifier/checkpoints/last.ckpt"),
                "clf": ComponentConfig(checkpoint="score/checkpoints/last.ckpt", role="classifier")}

@@ -245,6 +245,17 @@ def test_encoder_classifier_mnist_size() -> None:
     assert clf.head.in_features == 32 * 7 * 7
 
 
+def test_encoder_classifier_features_are_the_head_input() -> None:
+    x = torch.randn(3, 3, 16, 16)
+    for pool, width in [(False, 32 * 8 * 8), (True, 32)]:
+        clf = EncoderClassifier(**TINY_UNET, n_classes=5, time_conditioned=False, pool=pool).eval()
+        features = clf.features(x)
+        assert clf.num_features == width and features.shape == (3, width)
+        torch.testing.assert_close(clf.head(features), clf(x))
+    h, _, _ = clf.encoder(x, None)  # pooled: the spatial mean of the bottleneck
+    torch.testing.assert_close(features, h.mean(dim=(2, 3)))
+
+
 # ---------------------------------------------------------------- timm CIFAR classifiers
 
 

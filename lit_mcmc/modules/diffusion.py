@@ -161,11 +161,16 @@ class DiffusionModule(PerRankNoise, L.LightningModule):
 
     # ----- sampling ----------------------------------------------------------------------------------------------
 
-    def target(self) -> Target:
-        """This model as a sampling target: −ε̂/σ_t for score models, −E/σ_t (with its score) for energy models."""
+    def target(self, schedule: NoiseSchedule | None = None) -> Target:
+        """This model as a sampling target: −ε̂/σ_t for score models, −E/σ_t (with its score) for energy models.
+
+        ``schedule`` (default: the training schedule) may be a respacing of it: the net is then called with the
+        training level of each kept level.
+        """
+        schedule = schedule or self.schedule
         if isinstance(self.net, EnergyNet):
-            return EnergyModelTarget(self.net, self.schedule)
-        return ScoreModelTarget(self.net, self.schedule)
+            return EnergyModelTarget(self.net, schedule)
+        return ScoreModelTarget(self.net, schedule)
 
     def generate_samples(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, None]:
         """n samples from the plain reverse process (used by monitoring callbacks during ``fit``)."""

@@ -136,11 +136,13 @@ class SamplingModule(L.LightningModule):
         seed: base seed of the per-sample random streams.
         checkpoint_root: directory that relative checkpoint paths are resolved against.
         schedule: noise schedule for analytic components; with checkpoints it must match theirs (or be null).
+        respace: sample on this many evenly spaced levels of that schedule (improved-diffusion respacing; the
+            networks still see their training levels); null samples every level.
     """
 
     def __init__(self, components: dict[str, ComponentConfig], composition: CompositionConfig,
                  sampler: SamplerConfig, sample_shape: list[int], seed: int = 0, checkpoint_root: str = ".",
-                 schedule: ScheduleConfig | None = None) -> None:
+                 schedule: ScheduleConfig | None = None, respace: int | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._check_names(components, composition)  # before loading anything: config errors come first
@@ -157,7 +159,12 @@ class SamplingModule(L.LightningModule):
                 self.models[name] = module
                 schedules[name] = module.schedule
         self.schedule = self._common_schedule(schedules, schedule)
-        parts = {name: (self.models[name].target() if spec.checkpoint is not None
+        if respace is not None:
+            if not 2 <= respace <= self.schedule.T:
+                raise ValueError(f"model.respace={respace} must lie in [2, {self.schedule.T}] (the schedule's T), "
+                                 "or be null to sample every level")
+            self.schedule = self.schedule.respace(respace)
+        parts = {name: (self.models[name].target(self.schedule) if spec.checkpoint is not None
                         else analytic_target(spec.analytic, self.schedule))  # type: ignore[arg-type]
                  for name, spec in components.items() if spec.role == "diffusion"}
         self.n_classes: int | None = None

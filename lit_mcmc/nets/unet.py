@@ -285,7 +285,9 @@ class EncoderClassifier(nn.Module):
 
     With ``time_conditioned=True`` (the guidance classifier p(y | x_t, t)) call ``net(x, t)``; with False it
     is a clean classifier without time embedding, called as ``net(x)``. Returns [B, n_classes] logits.
-    Square images only.
+    ``pool=True`` averages the bottleneck over space before the head (as ResNets do), so ``features(x)``, the
+    head's input, is [B, out_channels] rather than the flattened [B, out_channels * S * S]: a low-dimensional
+    embedding suits FID on a few thousand images. Square images only.
     """
 
     def __init__(
@@ -300,9 +302,11 @@ class EncoderClassifier(nn.Module):
         n_steps: int = 1000,
         n_classes: int = 100,
         time_conditioned: bool = True,
+        pool: bool = False,
     ) -> None:
         super().__init__()
         self.time_conditioned = time_conditioned
+        self.pool = pool
         self.encoder = UNetEncoder(
             in_channels,
             ch,
@@ -314,14 +318,18 @@ class EncoderClassifier(nn.Module):
             n_steps,
             time_conditioned,
         )
-        n_features = self.encoder.out_channels * self.encoder.out_size**2
-        self.head = nn.Linear(n_features, n_classes)
+        self.num_features = self.encoder.out_channels * (1 if pool else self.encoder.out_size**2)
+        self.head = nn.Linear(self.num_features, n_classes)
 
-    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+    def features(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """The head's input: the (pooled or flattened) bottleneck, [B, num_features]."""
         if not self.time_conditioned and t is not None:
             raise ValueError(
                 "this EncoderClassifier was built with time_conditioned=False: call it as net(x) without t, "
                 "or build it with time_conditioned=True for a noisy-data classifier"
             )
         h, _, _ = self.encoder(x, t)
-        return self.head(h.flatten(1))
+        return h.mean(dim=(2, 3)) if self.pool else h.flatten(1)
+
+    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        return self.head(self.features(x, t))
