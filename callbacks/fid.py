@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 
@@ -225,8 +226,9 @@ class FIDCallback(SampleMetricCallback):
 
     Real statistics are read from ``real_stats_path`` when it holds statistics for the same
     ``feature_name``/``dataset_name``; otherwise they are computed from ``real_data`` (a tensor [N, C, H, W] in
-    [-1, 1], or an iterable of such batches or of (images, labels) batches) in chunks of ``real_batch_size``
-    and saved there. They are kept across evaluations and held on global rank zero only (the other ranks hold
+    [-1, 1], a Dataset of images or (image, label) pairs such as ``lit_mcmc.data.images.load_images(...)``, which
+    YAML can name, or an iterable of image or (images, labels) batches) in chunks of ``real_batch_size`` and
+    saved there. They are kept across evaluations and held on global rank zero only (the other ranks hold
     zeros), because torchmetrics sums metric states over ranks.
     """
 
@@ -235,7 +237,7 @@ class FIDCallback(SampleMetricCallback):
         inception_weights: str | None = None,
         feature_extractor: nn.Module | None = None,
         feature_name: str | None = None,
-        real_data: Tensor | Iterable[Any] | None = None,
+        real_data: Tensor | Dataset | Iterable[Any] | None = None,
         real_stats_path: str | None = None,
         dataset_name: str = "real",
         image_shape: tuple[int, int, int] = (3, 32, 32),
@@ -340,10 +342,10 @@ class FIDCallback(SampleMetricCallback):
         os.replace(partial, path)  # atomic: a crash never leaves a truncated cache behind
 
 
-def _image_batches(data: Tensor | Iterable[Any], batch_size: int) -> Iterator[Tensor]:
-    """Image batches from a tensor [N, C, H, W] or an iterable of image or (images, labels) batches."""
+def _image_batches(data: Tensor | Dataset | Iterable[Any], batch_size: int) -> Iterator[Tensor]:
+    """Image batches from a tensor [N, C, H, W], a Dataset of (image[, label]) items, or an iterable of batches."""
     if isinstance(data, Tensor):
         yield from data.split(batch_size)
         return
-    for batch in data:
+    for batch in DataLoader(data, batch_size=batch_size) if isinstance(data, Dataset) else data:
         yield batch if isinstance(batch, Tensor) else batch[0]

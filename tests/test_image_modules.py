@@ -274,7 +274,10 @@ def test_fit_then_guided_predict_round_trip(tmp_path: Path):
     config = yaml.safe_load((MNIST / "sample_score_hmc.yaml").read_text())
     out = tmp_path / "samples"
     config["trainer"].update(default_root_dir=str(out), enable_progress_bar=False, logger=False)
-    accuracy = config["trainer"]["callbacks"][1]["init_args"]
+    writer, accuracy, fid = config["trainer"]["callbacks"]
+    assert fid["class_path"] == "callbacks.fid.FIDCallback"  # MNIST features: tested in test_experiment_mnist
+    config["trainer"]["callbacks"] = [writer, accuracy]
+    accuracy = accuracy["init_args"]
     accuracy.update(n_classes=2)
     accuracy["classifier"]["init_args"]["checkpoint"] = str(runs / "eval_classifier" / "checkpoints" / "last.ckpt")
     init = config["model"]["init_args"]
@@ -297,7 +300,9 @@ def test_fit_then_guided_predict_round_trip(tmp_path: Path):
 
     stats = json.loads((out / "stats.json").read_text())
     sampler = init["sampler"]
-    levels, k, n_leapfrog = TINY_LEVELS, sampler["n_steps"], sampler["n_leapfrog"]
+    # the config samples on model.respace of the TINY_LEVELS training levels
+    levels, k, n_leapfrog = init["respace"], sampler["n_steps"], sampler["n_leapfrog"]
+    assert 2 <= levels < TINY_LEVELS
     assert stats["sampler"] == "HMC-1-curve" and stats["adjusted"]
     # one score evaluation for the first reverse step; then at each of the T − 1 MCMC levels one evaluation to start
     # the chain and, per step, n_leapfrog gradients plus one interior node per leapfrog segment; every later

@@ -267,6 +267,19 @@ def _default_root(dataset: str) -> Path:
     return defaults[dataset]
 
 
+def load_images(dataset: str, root: str | None = None, split: str = "test", subset: int | None = None,
+                label_kind: str = "fine") -> ImageDataset:
+    """One split of a local dataset as an :class:`ImageDataset` (no flips), e.g. the real images of an FID callback.
+
+    In YAML: ``real_data: {class_path: lit_mcmc.data.images.load_images, init_args: {dataset: mnist}}``.
+    ``root=None`` uses the shared copy (cifar10, mnist); ``subset`` keeps the first N images.
+    """
+    _check_choice("dataset", dataset, DATASETS)
+    images, labels = load_arrays(dataset, Path(root) if root is not None else _default_root(dataset), split,
+                                 label_kind)
+    return ImageDataset(images, labels, subset=subset)
+
+
 class ImageDataModule(LightningDataModule):
     """Train/validation loaders over a local image dataset (CIFAR-10, CIFAR-100, MNIST or an image folder).
 

@@ -35,17 +35,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import itertools
 import json
 import os
-import shlex
-import signal
-import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -53,7 +47,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from lit_mcmc.experiments.jobs import (
+    REPO,
+    Job,
+    JobFailed,
+    cli_command,
+    fit_done,
+    markdown_table,
+    predict_done,
+    run_jobs,
+)
+
 CONFIGS = REPO / "configs" / "toy2d"
 MODELS = ("gmm_energy", "bar_energy", "gmm_score", "bar_score")
 SCORE_ROWS = ("reverse", "ula", "la_1_line", "la_3_line", "la_8_line", "uhmc", "hmc_1_line", "hmc_3_line",
@@ -134,39 +138,6 @@ PRESETS = {
 
 # ----- jobs ------------------------------------------------------------------------------------------------------
 
-@dataclass
-class Job:
-    """One ``lit-mcmc`` run: its command, its run directory, when it counts as done, and its relative cost."""
-
-    label: str
-    command: list[str]
-    run_dir: Path
-    log_name: str
-    done: Callable[[], bool]
-    cost: float = 1.0
-
-
-class JobFailed(RuntimeError):
-    """A ``lit-mcmc`` run exited with an error; the message holds its log tail and command."""
-
-
-def fit_done(run_dir: Path, max_steps: int) -> bool:
-    """Whether ``run_dir/checkpoints/last.ckpt`` exists and was saved after ``max_steps`` training steps."""
-    import torch
-
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return last.is_file() and torch.load(last, map_location="cpu", weights_only=True)["global_step"] >= max_steps
-
-
-def predict_done(run_dir: Path, outputs: Sequence[str]) -> bool:
-    """Whether every output file of a predict run exists."""
-    return all((run_dir / name).is_file() for name in outputs)
-
-
-def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "lit_mcmc.cli", *args, "--trainer.enable_progress_bar", "false"]
-
-
 def fit_job(out: Path, trial: int, model: str, preset: Preset) -> Job:
     """Training of component ``model`` (e.g. "gmm_score") for ``trial`` into ``out/trial_<k>/<model>``."""
     config = load_config(f"train_{model}")
@@ -228,72 +199,6 @@ def predict_job(out: Path, trial: int, stem: str, preset: Preset) -> Job:
     cost = evaluations_per_level(config["model"]["init_args"]["sampler"]) * EVALUATION_COST[row_model(stem)]
     return Job(f"trial_{trial}/samples/{stem}", command, run_dir, "predict.log",
                functools.partial(predict_done, run_dir, outputs), cost)
-
-
-def job_env() -> dict[str, str]:
-    """The environment of every run: one thread each (jobs run side by side), the repo importable."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": path}
-
-
-def log_tail(path: Path, n_lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-n_lines:]) if path.is_file() else "(no log)"
-
-
-def run_jobs(jobs: Sequence[Job], n_workers: int) -> list[float]:
-    """Runs the jobs that are not done, longest first, ``n_workers`` at a time; one progress line per job.
-
-    Returns the CPU seconds of each run it started. On the first failure the other running jobs are stopped and
-    :class:`JobFailed` is raised.
-    """
-    todo = []
-    for job in jobs:
-        if job.done():
-            print(f"skipped {job.label}: outputs exist", file=sys.stderr)
-        else:
-            todo.append(job)
-    todo.sort(key=lambda job: -job.cost)
-    print(f"running {len(todo)} lit-mcmc jobs, {n_workers} at a time ({len(jobs) - len(todo)} skipped)",
-          file=sys.stderr)
-    finished = itertools.count(1)
-    lock = threading.Lock()
-    running: set[subprocess.Popen] = set()
-    failures: list[str] = []
-    cpu_seconds: list[float] = []
-
-    def run(job: Job) -> None:
-        with lock:
-            if failures:
-                return
-            job.run_dir.mkdir(parents=True, exist_ok=True)
-            log = job.run_dir / job.log_name
-            start = time.perf_counter()
-            with log.open("w") as stream:
-                process = subprocess.Popen(job.command, stdout=stream, stderr=subprocess.STDOUT, env=job_env(),
-                                           cwd=REPO)
-            running.add(process)
-        # wait4 also reports the run's CPU time (wall time alone misleads on a shared machine)
-        _, status, usage = os.wait4(process.pid, 0)
-        code = process.returncode = os.waitstatus_to_exitcode(status)
-        with lock:
-            running.discard(process)
-            cpu_seconds.append(usage.ru_utime + usage.ru_stime)
-            if failures:  # stopped because another job failed
-                return
-            if code != 0:
-                failures.append(f"{job.label} failed (exit code {code}); last lines of {log}:\n{log_tail(log)}\n"
-                                f"command: {shlex.join(job.command)}")
-                for other in running:  # os.kill, not terminate(): its poll() could reap a child another thread waits on
-                    os.kill(other.pid, signal.SIGTERM)
-                return
-            print(f"[{next(finished)}/{len(todo)}] {job.label} done in {time.perf_counter() - start:.1f} s "
-                  f"(CPU {cpu_seconds[-1]:.1f} s)", file=sys.stderr)
-
-    with ThreadPoolExecutor(max(1, n_workers)) as pool:
-        list(pool.map(run, todo))
-    if failures:
-        raise JobFailed(failures[0])
-    return cpu_seconds
 
 
 # ----- results ---------------------------------------------------------------------------------------------------
@@ -367,12 +272,6 @@ def row_cells(row: dict[str, Any], metrics: Sequence[str]) -> list[str]:
                                             for m in metrics),
             mean_of("accept_rate", "%.3f") if row["adjusted"] else DASH,
             mean_of("nfe_per_sample", "%.0f"), mean_of("wall_seconds", "%.1f")]
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table (one header row, one separator row, then the rows)."""
-    lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(cells) + " |" for cells in lines)
 
 
 def tables(rows: Sequence[dict[str, Any]]) -> str:

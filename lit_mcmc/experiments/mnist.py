@@ -1,0 +1,308 @@
+"""The CPU-scale MNIST guided-sampling experiment (``make demo-images``) end to end through ``lit-mcmc``.
+
+The CIFAR-100 experiment of the papers (classifier guidance, λ = 20, MCMC with and without MH correction; see
+``configs/cifar100``) shrunk to MNIST: the four models of ``configs/mnist/train_*.yaml`` (score UNet, energy UNet,
+time-conditioned guidance classifier, clean evaluation classifier) are trained with ``lit-mcmc fit`` into
+``OUT/<model>``, then every sampler row ``configs/mnist/sample_*.yaml`` (1000 guided digits, sample i towards digit
+i % 10) runs with ``lit-mcmc predict`` into ``OUT/samples/<row>``. Each run is a subprocess with one torch thread,
+``--jobs`` at a time, longest first, with its log in its run directory and its config (the repo's, with paths
+under ``OUT``) in ``OUT/configs``. Finished runs are skipped and interrupted training resumes, so rerunning the
+command resumes.
+
+Outputs: ``OUT/table.md`` (accuracy of the evaluation classifier, FID in its pooled features against the 10 000
+t10k digits, MH acceptance, network evaluations per sample, sampling time), ``OUT/results.json`` and
+``OUT/grid.png`` (60 digits of every row: column d was guided towards digit d). ``--preset smoke`` is a
+seconds-long version for tests. ``python -m lit_mcmc.experiments.mnist --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from lit_mcmc.experiments.jobs import (
+    REPO,
+    Job,
+    JobFailed,
+    cli_command,
+    fit_done,
+    markdown_table,
+    predict_done,
+    run_jobs,
+)
+
+CONFIGS = REPO / "configs" / "mnist"
+CONFIG_ROOT = "runs/mnist"  # the output root written in the configs, replaced by OUT
+MODELS = ("energy", "score", "noisy_classifier", "eval_classifier")
+ROWS = ("sample_score_reverse", "sample_score_ula", "sample_score_la", "sample_score_uhmc", "sample_score_hmc",
+        "sample_energy_la", "sample_energy_hmc")
+# Relative cost of a training step (measured on the configs' sizes), for longest-first scheduling.
+STEP_COST = {"energy": 3.0, "score": 1.0, "noisy_classifier": 0.6, "eval_classifier": 0.4}
+# Relative cost of one guided target evaluation while sampling: an energy model backpropagates to its input.
+EVALUATION_COST = {"score": 1.0, "energy": 1.7}
+OUTPUTS = ("samples.npz", "stats.json", "metrics.json")
+DASH = "–"
+GRID_ROWS = 6  # samples per digit in the figure
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Changes to the configs (None keeps the config's value) and the rows to run (None: all)."""
+
+    max_steps: int | None = None
+    ch: int | None = None
+    n_samples: int | None = None
+    batch_size: int | None = None
+    respace: int | None = None
+    rows: tuple[str, ...] | None = None
+
+
+PRESETS = {
+    "demo": Preset(),
+    # seconds per run: a few training steps of 8-channel networks, 12 samples on 3 levels, three rows
+    "smoke": Preset(max_steps=3, ch=8, n_samples=12, batch_size=6, respace=3,
+                    rows=("sample_score_reverse", "sample_score_hmc", "sample_energy_la")),
+}
+
+
+def run_config(stem: str, out: Path, preset: Preset) -> dict[str, Any]:
+    """``configs/mnist/<stem>.yaml`` with its paths moved from runs/mnist to ``out`` and the preset applied."""
+    config = yaml.safe_load((CONFIGS / f"{stem}.yaml").read_text().replace(CONFIG_ROOT, str(out)))
+    init = config["model"]["init_args"]
+    if stem.startswith("train_"):
+        if preset.max_steps is not None:
+            config["trainer"]["max_steps"] = preset.max_steps
+        if preset.ch is not None:
+            init["net"]["init_args"]["ch"] = preset.ch
+        if "warmup_steps" in init and preset.max_steps is not None:
+            init["warmup_steps"] = min(init["warmup_steps"], preset.max_steps)
+    else:
+        if preset.n_samples is not None:
+            config["data"]["init_args"]["n_samples"] = preset.n_samples
+        if preset.batch_size is not None:
+            config["data"]["init_args"]["batch_size"] = preset.batch_size
+        if preset.respace is not None:
+            init["respace"] = preset.respace
+    return config
+
+
+def write_config(config: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def fit_job(out: Path, model: str, preset: Preset) -> Job:
+    """Training of ``model`` (e.g. "score") into ``out/<model>``; resumes from its last checkpoint."""
+    config = run_config(f"train_{model}", out, preset)
+    run_dir = Path(config["trainer"]["default_root_dir"])
+    max_steps = config["trainer"]["max_steps"]
+    command = cli_command("fit", "--config", str(write_config(config, out / "configs" / f"train_{model}.yaml")))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        command += ["--ckpt_path", str(last)]
+    return Job(model, command, run_dir, "fit.log", lambda: fit_done(run_dir, max_steps), max_steps * STEP_COST[model])
+
+
+def evaluations_per_level(sampler: dict[str, Any]) -> int:
+    """Guided target evaluations per level of a sampler config (for scheduling only)."""
+    from lit_mcmc.samplers import SamplerConfig
+
+    spec = SamplerConfig(**sampler)
+    if spec.kernel == "reverse":
+        return 1
+    per_step = spec.n_leapfrog * (1 + spec.n_points) if spec.kernel in ("uhmc", "hmc") else 1 + (
+        spec.n_points if spec.correction == "line" else 0)
+    return 1 + spec.n_steps * per_step
+
+
+def row_model(stem: str) -> str:
+    """"score" or "energy", from a sample config's name."""
+    return stem.removeprefix("sample_").split("_")[0]
+
+
+def predict_job(out: Path, stem: str, preset: Preset) -> Job:
+    """Sampler row ``stem`` into ``out/samples/<stem>``."""
+    config = run_config(stem, out, preset)
+    run_dir = Path(config["trainer"]["default_root_dir"])
+    command = cli_command("predict", "--config", str(write_config(config, out / "configs" / f"{stem}.yaml")))
+    cost = evaluations_per_level(config["model"]["init_args"]["sampler"]) * EVALUATION_COST[row_model(stem)]
+    return Job(f"samples/{stem}", command, run_dir, "predict.log", lambda: predict_done(run_dir, OUTPUTS), cost)
+
+
+# ----- results ---------------------------------------------------------------------------------------------------
+
+def read_row(out: Path, stem: str) -> dict[str, Any]:
+    """A row's numbers from its stats.json and metrics.json."""
+    run_dir = out / "samples" / stem
+    stats = json.loads((run_dir / "stats.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"key": stem, "model": row_model(stem), "sampler": stats["sampler"], "adjusted": stats["adjusted"],
+            **{k: stats[k] for k in ("accept_rate", "nfe_per_sample", "sampling_seconds", "n_samples")},
+            **{k: metrics[k] for k in ("r3_accuracy", "top1_accuracy", "fid")}}
+
+
+def real_digits_row(out: Path, n: int) -> dict[str, Any]:
+    """The first ``n`` t10k digits scored like the samples: the floor of both metrics at this sample size.
+
+    They are training images of every model here (only t10k is available), so the accuracy is a training
+    accuracy and the FID compares a subset with the set that contains it.
+    """
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from callbacks.fid import ClassifierFeatures
+    from lit_mcmc.data.images import load_images
+    from lit_mcmc.metrics.images import r3_hits
+    from lit_mcmc.modules.classifiers import load_classifier
+
+    classifier = load_classifier(str(out / "eval_classifier" / "checkpoints" / "last.ckpt"))
+    real = load_images("mnist", split="test")
+    images = torch.stack([real[i][0] for i in range(len(real))])
+    labels = real.labels
+    fid = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), normalize=True,
+                                   input_img_size=(1, 28, 28))
+    with torch.no_grad():
+        for chunk in images.split(1000):
+            fid.update(chunk, real=True)
+        fid.update(images[:n], real=False)
+        probs = classifier(images[:n]).softmax(dim=1)
+    return {"key": "real", "model": "data", "sampler": f"{n} real t10k digits (floor)", "adjusted": False,
+            "r3_accuracy": float(r3_hits(probs, labels[:n]).float().mean()),
+            "top1_accuracy": float((probs.argmax(1) == labels[:n]).float().mean()), "fid": float(fid.compute())}
+
+
+def row_cells(row: dict[str, Any]) -> list[str]:
+    """Model, sampler, accuracy (p > 0.5), top-1, FID, acceptance ('–' if unadjusted), NFE/sample, sampling s."""
+
+    def number(key: str, fmt: str) -> str:
+        return fmt % row[key] if key in row else DASH
+
+    return [row["model"], row["sampler"], number("r3_accuracy", "%.3f"), number("top1_accuracy", "%.3f"),
+            number("fid", "%.2f"), number("accept_rate", "%.3f") if row["adjusted"] else DASH,
+            number("nfe_per_sample", "%.0f"), number("sampling_seconds", "%.0f")]
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    header = ["Model", "Sampler", "Accuracy ↑", "Top-1 ↑", "FID ↓", "accept", "NFE/sample", "sampling s"]
+    return markdown_table(header, [row_cells(r) for r in rows])
+
+
+def settings(out: Path, preset: Preset) -> dict[str, Any]:
+    """The settings that shape the table, read from the configs as run."""
+    fits = {m: run_config(f"train_{m}", out, preset) for m in MODELS}
+    sample = run_config(ROWS[0], out, preset)
+    return {
+        "training_steps": {m: c["trainer"]["max_steps"] for m, c in fits.items()},
+        "training_batch": {m: c["data"]["init_args"]["batch_size"] for m, c in fits.items()},
+        "unet_ch": fits["score"]["model"]["init_args"]["net"]["init_args"]["ch"],
+        "levels": sample["model"]["init_args"]["respace"],
+        "T": fits["score"]["model"]["init_args"]["schedule"]["T"],
+        "guidance_scale": sample["model"]["init_args"]["composition"]["scale"],
+    }
+
+
+def caption(preset_name: str, setup: dict[str, Any], n_jobs: int, seconds: dict[str, float],
+            cpu_seconds: dict[str, float], reused: int) -> str:
+    steps = ", ".join(f"{m} {s}" for m, s in setup["training_steps"].items())
+    phases = ", ".join(f"{name} {value:.0f} s (CPU {cpu_seconds[name]:.0f} s)" for name, value in seconds.items()
+                       if name in cpu_seconds)
+    return (f"MNIST, classifier guidance λ = {setup['guidance_scale']:g}, preset `{preset_name}`: UNets of width "
+            f"{setup['unet_ch']} trained for {steps} steps; sampling on {setup['levels']} of the T = {setup['T']} "
+            f"training levels. Accuracy = fraction of samples whose evaluation classifier gives the guided digit "
+            f"p > 0.5 (the papers' measure); FID in that classifier's pooled features against the 10 000 t10k "
+            f"digits; accept = mean MH acceptance ('{DASH}': unadjusted); NFE = guided target evaluations per "
+            f"sample; sampling s = CPU-thread time spent sampling the row. Machine: nproc = "
+            f"{len(os.sched_getaffinity(0))}, {n_jobs} parallel jobs; total wall time {seconds['total']:.0f} s "
+            f"({phases})" + (f"; {reused} runs reused from an earlier invocation are not timed." if reused else "."))
+
+
+def plot_grid(out: Path, rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Every row's first GRID_ROWS samples per digit (column d: guided towards d), one panel per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_cols = 4
+    n_panel_rows = -(-len(rows) // n_cols)
+    fig, axes = plt.subplots(n_panel_rows, n_cols, figsize=(3.2 * n_cols, 2.3 * n_panel_rows), squeeze=False)
+    for ax, row in zip(axes.flat, rows, strict=False):
+        with np.load(out / "samples" / row["key"] / "samples.npz") as data:
+            samples, labels = data["samples"][:, 0], data["labels"]
+        tiles = [[samples[np.flatnonzero(labels == digit)[r]] if r < np.sum(labels == digit) else
+                  np.full((28, 28), -1.0) for digit in range(10)] for r in range(GRID_ROWS)]
+        ax.imshow(np.block(tiles), cmap="gray", vmin=-1, vmax=1)
+        ax.set_title(f"{row['model']}: {row['sampler']}\nacc {row['r3_accuracy']:.2f}, FID {row['fid']:.1f}",
+                     fontsize=8)
+        ax.set(xticks=[], yticks=[])
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", choices=list(PRESETS), default="demo")
+    p.add_argument("--out", type=Path, default=None, help=f"output directory (default {CONFIG_ROOT}, or "
+                   "runs/mnist_<preset> for other presets)")
+    p.add_argument("--jobs", type=int, default=2, help="lit-mcmc runs side by side (one thread each)")
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs={args.jobs} must be >= 1 (runs side by side; use the number of CPU cores)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """Runs the experiment and returns (and prints) the table with its caption."""
+    args = parse_args(argv)
+    preset = PRESETS[args.preset]
+    out = (args.out or Path(CONFIG_ROOT if args.preset == "demo" else f"{CONFIG_ROOT}_{args.preset}")).resolve()
+    stems = [s for s in ROWS if preset.rows is None or s in preset.rows]
+    models = [m for m in MODELS if m.endswith("classifier") or any(row_model(s) == m for s in stems)]
+    seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}
+    reused = 0
+    start = time.perf_counter()
+    for phase, make_jobs in (("train", lambda: [fit_job(out, m, preset) for m in models]),
+                             ("sample", lambda: [predict_job(out, s, preset) for s in stems])):
+        jobs = make_jobs()
+        phase_start = time.perf_counter()
+        try:
+            ran = run_jobs(jobs, args.jobs)
+        except JobFailed as error:
+            print(error, file=sys.stderr)
+            raise SystemExit(1) from error
+        seconds[phase], cpu_seconds[phase] = time.perf_counter() - phase_start, sum(ran)
+        reused += len(jobs) - len(ran)
+    evaluate_start = time.perf_counter()
+    rows = [read_row(out, s) for s in stems]
+    rows.append(real_digits_row(out, rows[0]["n_samples"]))
+    plot_grid(out, rows[:-1], out / "grid.png")
+    seconds["evaluate"] = time.perf_counter() - evaluate_start
+    seconds["total"] = time.perf_counter() - start
+    setup = settings(out, preset)
+    text = caption(args.preset, setup, args.jobs, seconds, cpu_seconds, reused) + "\n\n" + table(rows) + "\n"
+    (out / "table.md").write_text(text)
+    (out / "results.json").write_text(json.dumps(
+        {"preset": args.preset, "changes": asdict(preset), "settings": setup, "jobs": args.jobs,
+         "nproc": len(os.sched_getaffinity(0)), "seconds": seconds, "cpu_seconds_of_runs": cpu_seconds,
+         "reused_runs": reused, "rows": rows}, indent=2))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

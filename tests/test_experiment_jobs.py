@@ -1,0 +1,61 @@
+"""The experiment drivers' job runner: resumable subprocess jobs side by side, failures, CPU time, tables."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_mcmc.experiments.jobs import Job, JobFailed, fit_done, markdown_table, run_jobs
+
+
+def test_markdown_table_layout():
+    assert markdown_table(["A", "B"], [["1", "2"]]).splitlines() == ["| A | B |", "| --- | --- |", "| 1 | 2 |"]
+
+
+def test_fit_done_needs_a_checkpoint_of_the_full_run(tmp_path: Path):
+    assert not fit_done(tmp_path, 30)
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"global_step": 20}, tmp_path / "checkpoints" / "last.ckpt")  # interrupted after 20 steps
+    assert not fit_done(tmp_path, 30)
+    assert fit_done(tmp_path, 20)
+
+
+def python_job(tmp_path: Path, name: str, code: str, done: bool = False) -> Job:
+    return Job(name, [sys.executable, "-c", code], tmp_path / name, "job.log", lambda: done)
+
+
+def test_run_jobs_reports_a_failure_with_log_tail_and_command(tmp_path: Path, capsys: pytest.CaptureFixture):
+    ok = python_job(tmp_path, "ok", "print('fine')")
+    bad = python_job(tmp_path, "bad", "import sys; print('\\n'.join(f'line {i}' for i in range(40))); sys.exit(3)")
+    with pytest.raises(JobFailed) as failure:
+        run_jobs([ok, bad], n_workers=1)
+    message = str(failure.value)
+    assert "bad failed (exit code 3)" in message
+    assert "line 39" in message and "line 10" in message and "line 9\n" not in message  # the last 30 lines
+    assert "command: " in message and "sys.exit(3)" in message
+    assert (tmp_path / "ok" / "job.log").read_text() == "fine\n"
+
+
+def test_a_failure_stops_the_other_running_jobs(tmp_path: Path):
+    sleeper = python_job(tmp_path, "sleeper", "import time; time.sleep(60)")
+    bad = python_job(tmp_path, "bad", "import time, sys; time.sleep(0.5); sys.exit(2)")
+    start = time.perf_counter()
+    with pytest.raises(JobFailed, match="bad failed"):
+        run_jobs([sleeper, bad], n_workers=2)
+    assert time.perf_counter() - start < 30
+
+
+def test_run_jobs_returns_each_runs_cpu_time(tmp_path: Path):
+    busy = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.3: pass"
+    (cpu,) = run_jobs([python_job(tmp_path, "busy", busy)], n_workers=1)
+    assert 0.3 <= cpu < 5
+
+
+def test_run_jobs_skips_done_jobs(tmp_path: Path, capsys: pytest.CaptureFixture):
+    assert run_jobs([python_job(tmp_path, "finished", "raise SystemExit(1)", done=True)], n_workers=2) == []
+    assert "skipped finished: outputs exist" in capsys.readouterr().err
+    assert not (tmp_path / "finished").exists()
