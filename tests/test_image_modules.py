@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.accuracy import AccuracyCallback
+from lit_mcmc.compose import ReconstructionGuidance
 from lit_mcmc.diffusion import ScheduleConfig
 from lit_mcmc.modules import (
     ClassifierModule,
@@ -185,8 +186,12 @@ def guided(**changes) -> dict:
                                        scale=1.0)}, "model.components.diffusion.role: classifier"),
     ({"composition": CompositionConfig(kind="classifier_guidance", parts=["diffusion", "clf"], classifier="clf",
                                        scale=1.0)}, "names classifier components ['clf']"),
-    ({"composition": CompositionConfig(kind="product", parts=["diffusion"])}, "only model.composition.kind="),
-], ids=["unknown-part", "unknown-classifier", "classifier-is-diffusion", "classifier-as-part", "unused-classifier"])
+    ({"composition": CompositionConfig(kind="product", parts=["diffusion"])}, "or change model.composition"),
+    ({"composition": CompositionConfig(kind="reconstruction_guidance", parts=["diffusion"], classifier="clf",
+                                       scale=1.0)}, "needs a clean classifier; set model.components.clf.role: "
+                                                    "clean_classifier"),
+], ids=["unknown-part", "unknown-classifier", "classifier-is-diffusion", "classifier-as-part", "unused-classifier",
+        "noisy-classifier-for-reconstruction"])
 def test_guidance_config_errors_name_the_key(changes, message):
     with pytest.raises(ValueError) as error:
         SamplingModule(**guided(**changes))
@@ -199,7 +204,9 @@ def test_guidance_config_errors_name_the_key(changes, message):
     ({"kind": "classifier_guidance", "classifier": "clf", "scale": 1.0, "labels": [0, 3], "n_classes": 3},
      "labels contains [3], outside the classifier's classes [0, 2]"),
     ({"kind": "classifier_guidance", "classifier": "clf", "scale": 1.0, "labels": [-1]}, "labels contains [-1]"),
-    ({"kind": "product", "labels": [1]}, "labels applies only to kind='classifier_guidance'"),
+    ({"kind": "product", "labels": [1]}, "labels applies only to kinds ['classifier_guidance', "),
+    ({"kind": "reconstruction_guidance", "classifier": "clf", "scale": 1.0, "mh_scale": 1.0},
+     "mh_scale applies only to kind='classifier_guidance'"),
     ({"kind": "product", "scale": 2.0}, "scale applies only to kinds"),
 ])
 def test_composition_config_errors(kwargs, message):
@@ -209,8 +216,10 @@ def test_composition_config_errors(kwargs, message):
 
 
 def test_classifier_component_needs_a_checkpoint():
-    with pytest.raises(ValueError, match="role='classifier' needs a 'checkpoint'"):
+    with pytest.raises(ValueError, match="role='classifier' needs a 'checkpoint' of a NoisyClassifierModule"):
         ComponentConfig(analytic="toy2d_gmm", role="classifier")
+    with pytest.raises(ValueError, match="role='clean_classifier' needs a 'checkpoint' of a ClassifierModule"):
+        ComponentConfig(analytic="toy2d_gmm", role="clean_classifier")
 
 
 def test_missing_cifar100_data_names_data_root(capsys):
@@ -347,6 +356,19 @@ def test_fit_then_guided_predict_round_trip(tmp_path: Path):
     assert set(seen) == set(respaced.schedule.model_timesteps.tolist()) == {0, 10, 19}  # round(k * 19 / 2)
     with pytest.raises(ValueError, match=r"model.respace=1 must lie in \[2, "):
         SamplingModule(composition=guidance, respace=1, **common)
+
+    # reconstruction guidance: the clean evaluation classifier on the Tweedie estimate, labels from the index
+    clean = {"diffusion": ComponentConfig(checkpoint="score/checkpoints/last.ckpt"),
+             "clf": ComponentConfig(checkpoint="eval_classifier/checkpoints/last.ckpt", role="clean_classifier")}
+    reconstruction = SamplingModule(
+        composition=CompositionConfig(kind="reconstruction_guidance", parts=["diffusion"], classifier="clf",
+                                      scale=5.0),
+        **{**common, "components": clean, "sampler": SamplerConfig(kernel="mala", n_steps=1, step_a=0.01,
+                                                                    correction="line", n_points=1)})
+    assert isinstance(reconstruction.target, ReconstructionGuidance) and reconstruction.n_classes == 2
+    output = reconstruction.predict_step(batch, 0)
+    assert output["labels"].tolist() == [0, 1, 0, 1] and torch.isfinite(output["samples"]).all()
+    assert output["adjusted"] and 0.0 <= float(output["accept_rate"].mean()) <= 1.0
 
     # a checkpoint of the wrong kind for its role is named with the key to fix
     swapped = {"diffusion": ComponentConfig(checkpoint="noisy_classifier/checkpoints/last.ckpt"),

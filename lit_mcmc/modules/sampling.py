@@ -11,17 +11,28 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lit_mcmc.compose import ClassifierFreeGuidance, ClassifierGuidance, LabelledGuidance, Mixture, Negation, Product
+from lit_mcmc.compose import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    LabelledGuidance,
+    Mixture,
+    Negation,
+    Product,
+    ReconstructionGuidance,
+)
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
-from lit_mcmc.modules.classifiers import NoisyClassifierModule
+from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule
 from lit_mcmc.modules.diffusion import DiffusionModule
 from lit_mcmc.samplers import AnnealedSampler, PerSampleRandom, SamplerConfig
 from lit_mcmc.targets import DiffusedGaussianMixture, DiffusedUniformBox, Target
 
 ANALYTIC = ("toy2d_gmm", "toy2d_bar")
-ROLES = ("diffusion", "classifier")
-COMPOSITIONS = ("single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance")
-GUIDED = ("classifier_guidance", "classifier_free_guidance")
+ROLES = ("diffusion", "classifier", "clean_classifier")
+COMPOSITIONS = ("single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance",
+                "reconstruction_guidance")
+GUIDED = ("classifier_guidance", "classifier_free_guidance", "reconstruction_guidance")
+# Compositions guided by a classifier component, with the role it must have.
+CLASSIFIER_ROLE = {"classifier_guidance": "classifier", "reconstruction_guidance": "clean_classifier"}
 
 
 @dataclass
@@ -29,14 +40,15 @@ class ComponentConfig:
     """One model of a composition: a trained checkpoint, or an analytic target (exact scores, no training).
 
     ``checkpoint``: a ``lit-mcmc fit`` checkpoint (relative paths are resolved against the SamplingModule's
-    ``checkpoint_root``) of a DiffusionModule (``role: diffusion``) or of a NoisyClassifierModule
-    (``role: classifier``, for ``classifier_guidance``). ``analytic``: "toy2d_gmm" or "toy2d_bar" (the paper's
-    2D densities, diffused in closed form).
+    ``checkpoint_root``) of a DiffusionModule (``role: diffusion``), of a NoisyClassifierModule
+    (``role: classifier``, for ``classifier_guidance``) or of a clean ClassifierModule (``role: clean_classifier``,
+    for ``reconstruction_guidance``). ``analytic``: "toy2d_gmm" or "toy2d_bar" (the paper's 2D densities, diffused
+    in closed form).
     """
 
     checkpoint: str | None = None
     analytic: str | None = None
-    role: Literal["diffusion", "classifier"] = "diffusion"
+    role: Literal["diffusion", "classifier", "clean_classifier"] = "diffusion"
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.analytic is None):
@@ -46,8 +58,9 @@ class ComponentConfig:
             raise ValueError(f"analytic={self.analytic!r} is not one of {list(ANALYTIC)}")
         if self.role not in ROLES:
             raise ValueError(f"role={self.role!r} is not one of {list(ROLES)}")
-        if self.role == "classifier" and self.checkpoint is None:
-            raise ValueError("a component with role='classifier' needs a 'checkpoint' of a NoisyClassifierModule")
+        if self.role != "diffusion" and self.checkpoint is None:
+            raise ValueError(f"a component with role={self.role!r} needs a 'checkpoint' of a "
+                             f"{'NoisyClassifierModule' if self.role == 'classifier' else 'ClassifierModule'}")
 
 
 @dataclass
@@ -56,16 +69,18 @@ class CompositionConfig:
 
     ``kind``: "single" (one part), "product", "negation" (parts [p, q]: p^{1+α}/q^α), "mixture" (needs energy
     models or analytic parts), "classifier_guidance" (the product of ``parts`` times p_φ(y | x_t)^``scale``, with
-    the noisy classifier component named by ``classifier``), or "classifier_free_guidance" (parts
-    [conditional, unconditional], weights (``scale``, 1 − ``scale``)).
+    the noisy classifier component named by ``classifier``), "classifier_free_guidance" (parts
+    [conditional, unconditional], weights (``scale``, 1 − ``scale``)), or "reconstruction_guidance" (one part times
+    p(y | x̂_0(x_t))^``scale`` with the clean classifier named by ``classifier`` applied to the Tweedie estimate).
 
-    Classifier guidance only: ``mh_scale`` is the classifier's weight in the MH test (null: ``scale``; 1.0
-    reproduces the reference code, ALGORITHMS.md §11.9). Sample i is guided towards class ``labels[i % len(labels)]``
-    when ``labels`` is given, else ``i % n_classes``; ``n_classes`` defaults to the classifier's output width.
+    ``mh_scale`` (classifier guidance only) is the classifier's weight in the MH test (null: ``scale``; 1.0
+    reproduces the reference code, ALGORITHMS.md §11.9). With either classifier: sample i is guided towards class
+    ``labels[i % len(labels)]`` when ``labels`` is given, else ``i % n_classes``; ``n_classes`` defaults to the
+    classifier's output width.
     """
 
-    kind: Literal["single", "product", "negation", "mixture", "classifier_guidance",
-                  "classifier_free_guidance"] = "product"
+    kind: Literal["single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance",
+                  "reconstruction_guidance"] = "product"
     parts: list[str] = field(default_factory=list)
     weights: list[float] | None = None
     alpha: float = 0.3
@@ -83,17 +98,19 @@ class CompositionConfig:
             raise ValueError(f"{key}.scale must be set for kind={self.kind!r} (the guidance weight, e.g. 20)")
         if self.kind not in GUIDED and self.scale is not None:
             raise ValueError(f"{key}.scale applies only to kinds {list(GUIDED)} (kind is {self.kind!r}): remove it")
-        guidance_only = {"classifier": self.classifier, "mh_scale": self.mh_scale, "labels": self.labels,
-                         "n_classes": self.n_classes}
-        if self.kind != "classifier_guidance":
-            given = [name for name, value in guidance_only.items() if value is not None]
+        if self.kind != "classifier_guidance" and self.mh_scale is not None:
+            raise ValueError(f"{key}.mh_scale applies only to kind='classifier_guidance' (kind is {self.kind!r}): "
+                             "remove it")
+        with_classifier = {"classifier": self.classifier, "labels": self.labels, "n_classes": self.n_classes}
+        if self.kind not in CLASSIFIER_ROLE:
+            given = [name for name, value in with_classifier.items() if value is not None]
             if given:
-                raise ValueError(f"{key}.{given[0]} applies only to kind='classifier_guidance' (kind is "
+                raise ValueError(f"{key}.{given[0]} applies only to kinds {list(CLASSIFIER_ROLE)} (kind is "
                                  f"{self.kind!r}): remove it")
             return
         if self.classifier is None:
-            raise ValueError(f"{key}.classifier must name the component (with role: classifier) that guides "
-                             "the sampling, for kind='classifier_guidance'")
+            raise ValueError(f"{key}.classifier must name the component (with role: {CLASSIFIER_ROLE[self.kind]}) "
+                             f"that guides the sampling, for kind={self.kind!r}")
         if self.n_classes is not None and self.n_classes < 1:
             raise ValueError(f"{key}.n_classes={self.n_classes} must be >= 1")
         if self.labels is not None:
@@ -157,7 +174,8 @@ class SamplingModule(L.LightningModule):
                 path = Path(spec.checkpoint)
                 module = self._load(path if path.is_absolute() else Path(checkpoint_root) / path, name, spec.role)
                 self.models[name] = module
-                schedules[name] = module.schedule
+                if spec.role != "clean_classifier":  # a clean classifier has no noise levels
+                    schedules[name] = module.schedule
         self.schedule = self._common_schedule(schedules, schedule)
         if respace is not None:
             if not 2 <= respace <= self.schedule.T:
@@ -168,7 +186,7 @@ class SamplingModule(L.LightningModule):
                         else analytic_target(spec.analytic, self.schedule))  # type: ignore[arg-type]
                  for name, spec in components.items() if spec.role == "diffusion"}
         self.n_classes: int | None = None
-        if composition.kind == "classifier_guidance":
+        if composition.kind in CLASSIFIER_ROLE:
             self.target: Target = self._classifier_guidance(parts, composition)
         else:
             self.target = self._compose(parts, composition)
@@ -177,7 +195,7 @@ class SamplingModule(L.LightningModule):
     @staticmethod
     def _check_names(components: dict[str, ComponentConfig], spec: CompositionConfig) -> None:
         diffusion = [n for n, c in components.items() if c.role == "diffusion"]
-        classifiers = [n for n, c in components.items() if c.role == "classifier"]
+        classifiers = [n for n, c in components.items() if c.role != "diffusion"]
         unknown = [n for n in spec.parts if n not in components]
         if unknown:
             raise ValueError(f"model.composition.parts names unknown components {unknown}; known: {list(components)}")
@@ -187,24 +205,31 @@ class SamplingModule(L.LightningModule):
                              f"models ({diffusion}); name the classifier in model.composition.classifier instead")
         if not diffusion:
             raise ValueError("model.components needs at least one diffusion model (role: diffusion)")
-        if spec.kind == "classifier_guidance":
+        if spec.kind in CLASSIFIER_ROLE:
+            role = CLASSIFIER_ROLE[spec.kind]
             if spec.classifier not in components:
                 raise ValueError(f"model.composition.classifier={spec.classifier!r} is not a component; add it to "
-                                 f"model.components with role: classifier (known: {list(components)})")
-            if spec.classifier not in classifiers:
-                raise ValueError(f"model.composition.classifier={spec.classifier!r} is a diffusion component; set "
-                                 f"model.components.{spec.classifier}.role: classifier for a guidance classifier")
+                                 f"model.components with role: {role} (known: {list(components)})")
+            if components[spec.classifier].role != role:
+                raise ValueError(f"model.composition.classifier={spec.classifier!r} has role: "
+                                 f"{components[spec.classifier].role}, but kind={spec.kind!r} needs a "
+                                 f"{'noisy' if role == 'classifier' else 'clean'} classifier; set "
+                                 f"model.components.{spec.classifier}.role: {role}")
+            if len(classifiers) > 1:
+                raise ValueError(f"model.components has several classifiers {classifiers}; keep only "
+                                 f"model.composition.classifier={spec.classifier!r}")
         elif classifiers:
-            raise ValueError(f"components {classifiers} have role: classifier, which only "
-                             "model.composition.kind='classifier_guidance' uses; remove them or change the kind")
+            raise ValueError(f"components {classifiers} are classifiers, which only kinds {list(CLASSIFIER_ROLE)} "
+                             "use; remove them or change model.composition.kind")
 
     @staticmethod
-    def _load(path: Path, name: str, role: str) -> DiffusionModule | NoisyClassifierModule:
+    def _load(path: Path, name: str, role: str) -> DiffusionModule | NoisyClassifierModule | ClassifierModule:
         if not path.is_file():
             raise FileNotFoundError(
                 f"checkpoint for component {name!r} not found: {path}. Train it with `lit-mcmc fit` (see configs/), "
                 f"or set model.components.{name}.checkpoint (relative paths start at model.checkpoint_root)")
-        module_class = DiffusionModule if role == "diffusion" else NoisyClassifierModule
+        module_class = {"diffusion": DiffusionModule, "classifier": NoisyClassifierModule,
+                        "clean_classifier": ClassifierModule}[role]
         try:
             module = module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         except KeyError as err:
@@ -251,8 +276,12 @@ class SamplingModule(L.LightningModule):
             return ClassifierFreeGuidance(chosen[0], chosen[1], spec.scale)  # type: ignore[arg-type]
         return Mixture(chosen, spec.weights)
 
-    def _classifier_guidance(self, parts: dict[str, Target], spec: CompositionConfig) -> ClassifierGuidance:
+    def _classifier_guidance(self, parts: dict[str, Target],
+                             spec: CompositionConfig) -> ClassifierGuidance | ReconstructionGuidance:
         names = spec.parts or list(parts)
+        if spec.kind == "reconstruction_guidance" and (len(names) != 1 or spec.weights is not None):
+            raise ValueError(f"model.composition.kind='reconstruction_guidance' needs one diffusion model in "
+                             f"model.composition.parts (its score forms the Tweedie estimate), got {names}")
         inner = parts[names[0]] if len(names) == 1 and spec.weights is None else Product(
             [parts[n] for n in names], spec.weights)
         classifier = self.models[spec.classifier]
@@ -261,14 +290,18 @@ class SamplingModule(L.LightningModule):
             raise ValueError(f"model.composition.n_classes={spec.n_classes} but classifier {spec.classifier!r} "
                              f"returns {self.n_classes} logits; set it to {self.n_classes} or null")
         spec.check_labels(self.n_classes)
+        if spec.kind == "reconstruction_guidance":
+            return ReconstructionGuidance(inner, classifier, spec.scale)  # type: ignore[arg-type]
         return ClassifierGuidance(inner, classifier, self.schedule, spec.scale, mh_scale=spec.mh_scale)  # type: ignore[arg-type]
 
     def _classifier_width(self, classifier: nn.Module, name: str) -> int:
-        """The number of classes, from one forward pass on a zero image of ``sample_shape`` at the noisiest level."""
+        """The number of classes, from one forward pass on a zero image of ``sample_shape`` (at the noisiest level
+        for a noisy classifier)."""
         x = torch.zeros(1, *self.sample_shape)
+        args = () if isinstance(classifier, ClassifierModule) else (self.schedule.model_t(self.schedule.T - 1, 1),)
         try:
             with torch.no_grad():
-                logits = classifier(x, self.schedule.model_t(self.schedule.T - 1, 1))
+                logits = classifier(x, *args)
         except (ValueError, RuntimeError) as err:
             raise ValueError(f"classifier {name!r} does not accept samples of model.sample_shape="
                              f"{self.sample_shape}: {err}") from None
@@ -278,7 +311,7 @@ class SamplingModule(L.LightningModule):
 
     def labels_for(self, indices: Tensor) -> Tensor | None:
         """The class each sample is guided towards (None without classifier guidance); a function of the index."""
-        if self.composition.kind != "classifier_guidance":
+        if self.composition.kind not in CLASSIFIER_ROLE:
             return None
         if self.composition.labels is not None:
             cycle = torch.tensor(self.composition.labels, dtype=torch.long, device=indices.device)
