@@ -21,7 +21,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 
 from callbacks.sample_writer import SampleWriter, find_writer
-from lit_mcmc.metrics.images import to_uint8
+from lit_mcmc.metrics.images import quantize, to_uint8
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_SOURCE = (
@@ -228,8 +228,10 @@ class FIDCallback(SampleMetricCallback):
     ``feature_name``/``dataset_name``; otherwise they are computed from ``real_data`` (a tensor [N, C, H, W] in
     [-1, 1], a Dataset of images or (image, label) pairs such as ``lit_mcmc.data.images.load_images(...)``, which
     YAML can name, or an iterable of image or (images, labels) batches) in chunks of ``real_batch_size`` and
-    saved there. They are kept across evaluations and held on global rank zero only (the other ranks hold
-    zeros), because torchmetrics sums metric states over ranks.
+    saved there. Real and generated images are first quantized to 8 bits (rounded and clamped, as a saved image
+    would be; the Inception network sees those uint8 pixels), so out-of-range samples are scored as the images
+    they would be. The real statistics are kept across evaluations and held on global rank zero only (the other
+    ranks hold zeros), because torchmetrics sums metric states over ranks.
     """
 
     def __init__(
@@ -299,7 +301,7 @@ class FIDCallback(SampleMetricCallback):
         self.metric.reset()
 
     def _update(self, samples: Tensor, labels: Tensor | None) -> None:
-        self.metric.update(samples.to(self.metric.device), real=False)
+        self.metric.update(quantize(samples.to(self.metric.device)), real=False)
 
     def _compute(self) -> dict[str, float]:
         return {"fid": float(self.metric.compute())}
@@ -325,7 +327,7 @@ class FIDCallback(SampleMetricCallback):
                 "None; give real_data (real images in [-1, 1]) to compute them"
             )
         for images in _image_batches(self.real_data, self.real_batch_size):
-            self.metric.update(images.to(self.metric.device), real=True)
+            self.metric.update(quantize(images.to(self.metric.device)), real=True)
         if path is not None:
             self._save_real_stats(path)
 

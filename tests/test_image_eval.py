@@ -19,7 +19,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from callbacks.accuracy import AccuracyCallback
 from callbacks.fid import ClassifierFeatures, FIDCallback, InceptionFeatures
 from lit_mcmc.assets import shared_path
-from lit_mcmc.metrics.images import r3_accuracy, to_uint8, topk_accuracy
+from lit_mcmc.metrics.images import quantize, r3_accuracy, to_uint8, topk_accuracy
 from lit_mcmc.nets.resnet_cifar import RESNET20_WEIGHTS_FILE, load_resnet20, resnet20
 
 IMAGE_SHAPE = (3, 8, 8)
@@ -139,6 +139,14 @@ def test_to_uint8_exact_values_and_round_trip() -> None:
     assert torch.equal(to_uint8(pixels / 127.5 - 1), pixels.to(torch.uint8))
 
 
+def test_quantize_is_the_saved_8bit_image_in_model_range() -> None:
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.0041, 1.0, 5.0])
+    # the uint8 pixels 0, 0, 64 (63.75 rounded), 128 (127.5 rounded half to even), 128, 255, 255
+    assert quantize(x).tolist() == pytest.approx([-1.0, -1.0, 64 / 127.5 - 1, 128 / 127.5 - 1, 128 / 127.5 - 1,
+                                                  1.0, 1.0], abs=1e-6)
+    torch.testing.assert_close(quantize(quantize(x)), quantize(x))
+
+
 def test_r3_accuracy_is_strict_and_topk_counts_rank() -> None:
     probs = torch.tensor([[0.6, 0.4], [0.5, 0.5], [0.2, 0.8], [0.9, 0.1]])
     labels = torch.tensor([0, 0, 1, 1])
@@ -180,10 +188,12 @@ def test_fid_callback_in_predict_matches_metric_and_reuses_cached_real_stats(tmp
     stats_path = tmp_path / "stats" / "linear16_toy.pt"
     options = dict(feature_name="linear16", dataset_name="toy", real_stats_path=str(stats_path))
     options["image_shape"] = IMAGE_SHAPE
+    fake[0, 0, 0, 0] = 7.0  # out of range: scored as the saved image would be, at 1.0
     direct = FrechetInceptionDistance(feature=LinearFeatures(), normalize=True, input_img_size=IMAGE_SHAPE)
-    direct.update(real, real=True)
-    direct.update(fake, real=False)
+    direct.update(quantize(real), real=True)  # the callback scores 8-bit images
+    direct.update(quantize(fake), real=False)
     expected = float(direct.compute())
+    assert quantize(fake)[0, 0, 0, 0] == 1.0
 
     callback = FIDCallback(feature_extractor=LinearFeatures(), real_data=real, real_batch_size=64, **options)
     logger = RecordingLogger()
@@ -218,8 +228,8 @@ def test_fid_callback_in_fit_logs_val_fid_of_generated_samples() -> None:
 
     generated, _ = module.generate_samples(64, torch.Generator().manual_seed(7))
     expected = FrechetInceptionDistance(feature=LinearFeatures(), normalize=True, input_img_size=IMAGE_SHAPE)
-    expected.update(real, real=True)
-    expected.update(generated, real=False)
+    expected.update(quantize(real), real=True)
+    expected.update(quantize(generated), real=False)
     assert float(trainer.callback_metrics["val/fid"]) == pytest.approx(float(expected.compute()), rel=1e-5)
 
 

@@ -15,6 +15,11 @@ def to_uint8(x: Tensor) -> Tensor:
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
+def quantize(x: Tensor) -> Tensor:
+    """Images in [-1, 1] as a saved 8-bit image would hold them: :func:`to_uint8` mapped back to [-1, 1]."""
+    return to_uint8(x).float() / 127.5 - 1.0
+
+
 def _check_class_scores(scores: Tensor, labels: Tensor, name: str) -> None:
     if scores.dim() != 2:
         raise ValueError(f"{name} must have shape [B, n_classes], got {tuple(scores.shape)}")
