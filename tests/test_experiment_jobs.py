@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_mcmc.experiments.jobs import Job, JobFailed, fit_done, markdown_table, run_jobs
+from lit_mcmc.experiments.jobs import Job, JobFailed, fit_done, markdown_table, run_jobs, run_phases
 
 
 def test_markdown_table_layout():
@@ -59,3 +59,18 @@ def test_run_jobs_skips_done_jobs(tmp_path: Path, capsys: pytest.CaptureFixture)
     assert run_jobs([python_job(tmp_path, "finished", "raise SystemExit(1)", done=True)], n_workers=2) == []
     assert "skipped finished: outputs exist" in capsys.readouterr().err
     assert not (tmp_path / "finished").exists()
+
+
+def test_run_phases_times_each_phase_counts_reused_runs_and_exits_on_failure(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture):
+    phases = {"first": [python_job(tmp_path, "a", "pass"), python_job(tmp_path, "b", "pass", done=True)],
+              "second": [python_job(tmp_path, "c", "pass")]}
+    seconds, cpu_seconds, reused = run_phases(phases, n_workers=2)
+    assert list(seconds) == list(cpu_seconds) == ["first", "second"] and reused == 1
+    assert all(value > 0 for value in [*seconds.values(), *cpu_seconds.values()])
+    with pytest.raises(SystemExit) as exit_info:
+        run_phases({"broken": [python_job(tmp_path, "d", "raise SystemExit(4)")],
+                    "never": [python_job(tmp_path, "e", "pass")]}, n_workers=1)
+    assert exit_info.value.code == 1
+    assert "d failed (exit code 4)" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()  # later phases do not start

@@ -117,6 +117,26 @@ def run_jobs(jobs: Sequence[Job], n_workers: int) -> list[float]:
     return cpu_seconds
 
 
+def run_phases(phases: dict[str, Sequence[Job]], n_workers: int) -> tuple[dict[str, float], dict[str, float], int]:
+    """Runs each phase's jobs (:func:`run_jobs`) in order, exiting with status 1 after the first failed run.
+
+    Returns the wall seconds and the CPU seconds of the runs per phase, and how many runs were skipped as done.
+    """
+    seconds: dict[str, float] = {}
+    cpu_seconds: dict[str, float] = {}
+    reused = 0
+    for phase, jobs in phases.items():
+        start = time.perf_counter()
+        try:
+            ran = run_jobs(jobs, n_workers)
+        except JobFailed as error:
+            print(error, file=sys.stderr)
+            raise SystemExit(1) from error
+        seconds[phase], cpu_seconds[phase] = time.perf_counter() - start, sum(ran)
+        reused += len(jobs) - len(ran)
+    return seconds, cpu_seconds, reused
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table (one header row, one separator row, then the rows)."""
     lines = [header, ["---"] * len(header), *rows]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,12 +32,11 @@ import yaml
 from lit_mcmc.experiments.jobs import (
     REPO,
     Job,
-    JobFailed,
     cli_command,
     fit_done,
     markdown_table,
     predict_done,
-    run_jobs,
+    run_phases,
 )
 
 CONFIGS = REPO / "configs" / "mnist"
@@ -272,21 +270,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     out = (args.out or Path(CONFIG_ROOT if args.preset == "demo" else f"{CONFIG_ROOT}_{args.preset}")).resolve()
     stems = [s for s in ROWS if preset.rows is None or s in preset.rows]
     models = [m for m in MODELS if m.endswith("classifier") or any(row_model(s) == m for s in stems)]
-    seconds: dict[str, float] = {}
-    cpu_seconds: dict[str, float] = {}
-    reused = 0
     start = time.perf_counter()
-    for phase, make_jobs in (("train", lambda: [fit_job(out, m, preset) for m in models]),
-                             ("sample", lambda: [predict_job(out, s, preset) for s in stems])):
-        jobs = make_jobs()
-        phase_start = time.perf_counter()
-        try:
-            ran = run_jobs(jobs, args.jobs)
-        except JobFailed as error:
-            print(error, file=sys.stderr)
-            raise SystemExit(1) from error
-        seconds[phase], cpu_seconds[phase] = time.perf_counter() - phase_start, sum(ran)
-        reused += len(jobs) - len(ran)
+    seconds, cpu_seconds, reused = run_phases({"train": [fit_job(out, m, preset) for m in models],
+                                               "sample": [predict_job(out, s, preset) for s in stems]}, args.jobs)
     evaluate_start = time.perf_counter()
     rows = [read_row(out, s) for s in stems]
     rows.append(real_digits_row(out, rows[0]["n_samples"]))

@@ -37,7 +37,6 @@ import argparse
 import functools
 import json
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -50,12 +49,11 @@ import yaml
 from lit_mcmc.experiments.jobs import (
     REPO,
     Job,
-    JobFailed,
     cli_command,
     fit_done,
     markdown_table,
     predict_done,
-    run_jobs,
+    run_phases,
 )
 
 CONFIGS = REPO / "configs" / "toy2d"
@@ -352,19 +350,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     n_samples = preset.n_samples or config_value(load_config(PAPER_PREDICT_CONFIG), PREDICT_KEYS["n_samples"])
     phases = {"train": [fit_job(out, k, m, preset) for k in range(args.trials) for m in trained_models(stems)],
               "sample": [predict_job(out, k, s, preset) for k in range(args.trials) for s in stems]}
-    seconds: dict[str, float] = {}
-    cpu_seconds: dict[str, float] = {}
-    reused = 0
     start = time.perf_counter()
-    for phase, jobs in phases.items():
-        phase_start = time.perf_counter()
-        try:
-            ran = run_jobs(jobs, args.jobs)
-        except JobFailed as error:
-            print(error, file=sys.stderr)
-            raise SystemExit(1) from error
-        seconds[phase], cpu_seconds[phase] = time.perf_counter() - phase_start, sum(ran)
-        reused += len(jobs) - len(ran)
+    seconds, cpu_seconds, reused = run_phases(phases, args.jobs)
     evaluate_start = time.perf_counter()
     rows = collect(out, stems, args.trials, n_samples)
     plot_figure(out, rows, exact_product_sets(n_samples, 0)[0], out / "figure.png")
