@@ -64,6 +64,6 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path: Path, capsys: pytest.Captu
 
     # rerunning finds every run done and reproduces the numbers
     again = main(["--preset", "smoke", "--out", str(tmp_path), "--jobs", "2"])
-    assert capsys.readouterr().err.count("skipped") == 7
+    assert capsys.readouterr().err.count(": outputs exist") == 7
     assert [line for line in again.splitlines() if line.startswith("|")] == [
         line for line in text.splitlines() if line.startswith("|")]
