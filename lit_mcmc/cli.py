@@ -8,20 +8,37 @@ configs/toy2d/sample_hmc_curve.yaml`` samples. Any key can be overridden on the 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lit_mcmc.data.toy2d  # noqa: F401  (registers DataModule subclasses for class_path resolution)
 from lit_mcmc.data.indices import SampleIndexDataModule
 
 
+class ConciseArgumentParser(LightningArgumentParser):
+    """Reports a config that does not parse as one line naming the key, instead of the usage and a type dump."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("LIT_MCMC_DEBUG"):
+            super().error(message, ex)
+        sys.stderr.write(f"lit-mcmc: error: {concise_parse_error(message)}\n"
+                         "(`lit-mcmc <fit|predict|...> --help` lists every key)\n")
+        self.exit(2)
+
+
 class LitMCMCCLI(LightningCLI):
     """LightningCLI with the package's defaults: input gradients allowed, stable checkpoint paths, resumable writes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("parser_class", ConciseArgumentParser)
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
         # Samplers (and energy models' validation) need input gradients: no inference mode.
@@ -83,6 +100,23 @@ def concise_error(err: BaseException) -> str:
     lines = [line.strip()[2:] for line in str(err).splitlines() if line.strip().startswith("- ")]
     useful = [line for line in lines if not line.startswith(noise)]
     return "; ".join(useful) if useful else str(err).splitlines()[0]
+
+
+def concise_parse_error(message: str) -> str:
+    """``<dotted key>: <reason>`` from jsonargparse's nested 'Parser key "..."' report, else its first line."""
+    lines = message.splitlines()
+    keys = [(i, match.group(1)) for i, line in enumerate(lines) if (match := re.search(r'Parser key "([^"]+)":',
+                                                                                        line))]
+    if not keys:
+        return lines[0] if lines else message
+    noise = ("Does not validate against", "Subtypes:", "Errors:", "- Problem with given class_path",
+             "- Expected a <class 'NoneType'>")
+    last = keys[-1][0]
+    same_line = lines[last].split('":', 1)[1].strip()  # 'Parser key "config": File does not exist: ...'
+    reasons = [same_line] if same_line else []
+    reasons += [line.strip().removeprefix("- ") for line in lines[last + 1:]
+                if line.strip() and not line.strip().startswith(noise)]
+    return f"{'.'.join(key for _, key in keys)}: {reasons[0] if reasons else 'invalid value'}"
 
 
 def main(args: list[str] | None = None) -> None:

@@ -86,6 +86,34 @@ def test_bad_configs_exit_nonzero_naming_the_key(override, key, capsys):
     assert key in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args,line", [
+    (["--model.init_args.sampler.reverse_variance", "beta_tilde"],
+     "lit-mcmc: error: model.sampler.reverse_variance: Expected a typing.Literal['beta', 'posterior']. "
+     "Got value: beta_tilde"),
+    (["--model.init_args.samplr.kernel", "hmc"], "lit-mcmc: error: model: unrecognized arguments: --samplr.kernel=hmc"),
+    (["--data.init_args.batch_size", "abc"],
+     "lit-mcmc: error: data.batch_size: Expected a <class 'int'>. Got value: abc"),
+    (["--trainer.max_stepz", "3"], "lit-mcmc: error: unrecognized arguments: --trainer.max_stepz 3"),
+], ids=["literal", "misspelt-group", "type", "unknown-key"])
+def test_config_parse_errors_are_one_line_naming_the_key(args, line, capsys):
+    from lit_mcmc.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--config", str(CONFIGS / "sample_score_la_3_line.yaml"), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [line, "(`lit-mcmc <fit|predict|...> --help` lists every key)"]  # no usage dump
+
+
+def test_concise_parse_error_of_a_missing_config_file():
+    from lit_mcmc.cli import concise_parse_error
+
+    assert concise_parse_error('Parser key "config": File does not exist: \'/x.yaml\'') == (
+        "config: File does not exist: '/x.yaml'")
+    assert concise_parse_error("argument subcommand: invalid choice: 'fitt'") == (
+        "argument subcommand: invalid choice: 'fitt'")
+
+
 def test_every_config_prints(capsys):
     """`--print_config` resolves every shipped config (catches typos in keys and class paths); in-process for speed."""
     from lit_mcmc.cli import main
