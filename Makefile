@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(PY) -m lit_mcmc.experiments.toy2d --preset demo --trials 1 --out runs/demo --jobs 2
 
 # MNIST guided sampling (the CIFAR-100 experiment at CPU scale): 4 models trained, 7 samplers x 1000 digits,
-# accuracy and classifier-feature FID. About 30 min on 2 cores. See README "Results".
+# accuracy and classifier-feature FID. 24 min measured on 2 cores. See README "Results".
 demo-images: $(STAMP)
 	$(PY) -m lit_mcmc.experiments.mnist --preset demo --out runs/mnist --jobs 2
 
