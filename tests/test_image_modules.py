@@ -313,6 +313,7 @@ def test_fit_then_guided_predict_round_trip(tmp_path: Path):
     levels, k, n_leapfrog = init["respace"], sampler["n_steps"], sampler["n_leapfrog"]
     assert 2 <= levels < TINY_LEVELS
     assert stats["sampler"] == "HMC-1-curve" and stats["adjusted"]
+    assert stats["hparams"]["levels"] == levels and stats["hparams"]["guidance_scale"] == 20.0
     # one score evaluation for the first reverse step; then at each of the T − 1 MCMC levels one evaluation to start
     # the chain and, per step, n_leapfrog gradients plus one interior node per leapfrog segment; every later
     # reverse step reuses the chain's last score

@@ -330,9 +330,11 @@ class SamplingModule(L.LightningModule):
         return self.sampler_config.build(self.target.with_labels(labels), self.schedule)
 
     def report_hparams(self) -> dict[str, Any]:
-        """The sampler's hyper-parameters plus the composition's (stats.json, TensorBoard's HParams view)."""
+        """The sampler's hyper-parameters plus the composition's and the number of levels (stats.json, TensorBoard's
+        HParams view)."""
         spec = self.composition
-        extra = {"composition": spec.kind, "guidance_scale": spec.scale, "mh_scale": spec.mh_scale}
+        extra = {"composition": spec.kind, "guidance_scale": spec.scale, "mh_scale": spec.mh_scale,
+                 "levels": self.schedule.T}  # fewer than the models' when respaced
         return {**self.sampler_config.hparams(), **{k: "none" if v is None else v for k, v in extra.items()}}
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any]:
