@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_mcmc.experiments.jobs import Job, JobFailed, fit_done, markdown_table, run_jobs, run_phases
+from lit_mcmc.experiments.jobs import (
+    Job,
+    JobFailed,
+    evaluations_per_level,
+    fit_done,
+    markdown_table,
+    run_jobs,
+    run_phases,
+)
 
 
 def test_markdown_table_layout():
@@ -74,3 +82,18 @@ def test_run_phases_times_each_phase_counts_reused_runs_and_exits_on_failure(tmp
     assert exit_info.value.code == 1
     assert "d failed (exit code 4)" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()  # later phases do not start
+
+
+@pytest.mark.parametrize("sampler,expected", [
+    ({"kernel": "reverse"}, 1),
+    ({"kernel": "ula", "n_steps": 10, "step_size": 0.1}, 11),
+    ({"kernel": "mala", "n_steps": 10, "step_size": 0.1, "correction": "line", "n_points": 3}, 1 + 10 * 4),
+    ({"kernel": "hmc", "n_steps": 2, "step_size": 0.1, "n_leapfrog": 3, "correction": "line", "n_points": 8},
+     1 + 2 * 11),
+    ({"kernel": "hmc", "n_steps": 2, "step_size": 0.1, "n_leapfrog": 3, "correction": "curve", "n_points": 1},
+     1 + 2 * 6),
+    ({"kernel": "hmc", "n_steps": 2, "step_size": 0.1, "n_leapfrog": 3, "correction": "energy"}, 1 + 2 * 3),
+])
+def test_evaluations_per_level_follow_the_corrections_costs(sampler, expected):
+    # the costs of the README's corrections table: line L + k (MALA 1 + k), curve L + L·N, energy L
+    assert evaluations_per_level(sampler) == expected

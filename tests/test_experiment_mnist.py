@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from lit_mcmc.assets import shared_path
-from lit_mcmc.experiments.mnist import PRESETS, ROWS, evaluations_per_level, main, run_config
+from lit_mcmc.experiments.jobs import evaluations_per_level
+from lit_mcmc.experiments.mnist import PRESETS, ROWS, main, run_config
 from lit_mcmc.modules.classifiers import load_classifier
 
 MNIST = shared_path("data", "mnist")

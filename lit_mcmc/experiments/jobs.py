@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import shlex
@@ -14,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,6 +137,32 @@ def run_phases(phases: dict[str, Sequence[Job]], n_workers: int) -> tuple[dict[s
         seconds[phase], cpu_seconds[phase] = time.perf_counter() - start, sum(ran)
         reused += len(jobs) - len(ran)
     return seconds, cpu_seconds, reused
+
+
+def evaluations_per_level(sampler: dict[str, Any]) -> int:
+    """Target evaluations per level of a sampler config: the initial one plus each kernel step's (README table)."""
+    from lit_mcmc.samplers import SamplerConfig
+
+    spec = SamplerConfig(**sampler)
+    if spec.kernel == "reverse":
+        return 1
+    quadrature = {"line": spec.n_points, "curve": spec.n_leapfrog * spec.n_points}.get(spec.correction or "", 0)
+    per_step = (spec.n_leapfrog if spec.kernel in ("uhmc", "hmc") else 1) + quadrature
+    return 1 + spec.n_steps * per_step
+
+
+def driver_arguments(description: str, presets: Sequence[str], default_out: str) -> argparse.ArgumentParser:
+    """The options every experiment driver has: ``--preset``, ``--out`` and ``--jobs`` (checked by check_jobs)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--preset", choices=list(presets), default="demo")
+    parser.add_argument("--out", type=Path, default=None, help=f"output directory (default {default_out})")
+    parser.add_argument("--jobs", type=int, default=2, help="lit-mcmc runs side by side (one thread each)")
+    return parser
+
+
+def check_jobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.jobs < 1:
+        parser.error(f"--jobs={args.jobs} must be >= 1 (runs side by side; use the number of CPU cores)")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -32,7 +32,10 @@ import yaml
 from lit_mcmc.experiments.jobs import (
     REPO,
     Job,
+    check_jobs,
     cli_command,
+    driver_arguments,
+    evaluations_per_level,
     fit_done,
     markdown_table,
     predict_done,
@@ -110,18 +113,6 @@ def fit_job(out: Path, model: str, preset: Preset) -> Job:
     if last.is_file():
         command += ["--ckpt_path", str(last)]
     return Job(model, command, run_dir, "fit.log", lambda: fit_done(run_dir, max_steps), max_steps * STEP_COST[model])
-
-
-def evaluations_per_level(sampler: dict[str, Any]) -> int:
-    """Guided target evaluations per level of a sampler config (for scheduling only)."""
-    from lit_mcmc.samplers import SamplerConfig
-
-    spec = SamplerConfig(**sampler)
-    if spec.kernel == "reverse":
-        return 1
-    per_step = spec.n_leapfrog * (1 + spec.n_points) if spec.kernel in ("uhmc", "hmc") else 1 + (
-        spec.n_points if spec.correction == "line" else 0)
-    return 1 + spec.n_steps * per_step
 
 
 def row_model(stem: str) -> str:
@@ -252,14 +243,10 @@ def plot_grid(out: Path, rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=list(PRESETS), default="demo")
-    p.add_argument("--out", type=Path, default=None, help=f"output directory (default {CONFIG_ROOT}, or "
-                   "runs/mnist_<preset> for other presets)")
-    p.add_argument("--jobs", type=int, default=2, help="lit-mcmc runs side by side (one thread each)")
+    p = driver_arguments(__doc__.splitlines()[0], list(PRESETS), f"{CONFIG_ROOT}, or {CONFIG_ROOT}_<preset> for "
+                         "other presets")
     args = p.parse_args(argv)
-    if args.jobs < 1:
-        p.error(f"--jobs={args.jobs} must be >= 1 (runs side by side; use the number of CPU cores)")
+    check_jobs(p, args)
     return args
 
 

@@ -49,7 +49,10 @@ import yaml
 from lit_mcmc.experiments.jobs import (
     REPO,
     Job,
+    check_jobs,
     cli_command,
+    driver_arguments,
+    evaluations_per_level,
     fit_done,
     markdown_table,
     predict_done,
@@ -159,18 +162,6 @@ def metrics_distribution(config: dict[str, Any]) -> str | None:
         if callback["class_path"].endswith("Toy2DMetrics"):
             return callback.get("init_args", {}).get("distribution", "product")
     return None
-
-
-def evaluations_per_level(sampler: dict[str, Any]) -> int:
-    """Target evaluations per level of a sampler config (the shape of the cost, for scheduling only)."""
-    from lit_mcmc.samplers import SamplerConfig
-
-    spec = SamplerConfig(**sampler)
-    if spec.kernel == "reverse":
-        return 1
-    per_step = (spec.n_leapfrog if spec.kernel in ("uhmc", "hmc") else 1) + (
-        spec.n_points if spec.correction == "line" else 0)
-    return 1 + spec.n_steps * per_step
 
 
 def trained_models(stems: Sequence[str]) -> list[str]:
@@ -328,16 +319,12 @@ def plot_figure(out: Path, rows: Sequence[dict[str, Any]], reference: np.ndarray
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", choices=list(PRESETS), default="demo")
+    p = driver_arguments(__doc__.splitlines()[0], list(PRESETS), "runs/<preset>")
     p.add_argument("--trials", type=int, default=1, help="independent trials (models retrained each time)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default runs/<preset>)")
-    p.add_argument("--jobs", type=int, default=2, help="lit-mcmc runs side by side (one thread each)")
     args = p.parse_args(argv)
     if args.trials < 1:
         p.error(f"--trials={args.trials} must be >= 1")
-    if args.jobs < 1:
-        p.error(f"--jobs={args.jobs} must be >= 1 (runs side by side; use the number of CPU cores)")
+    check_jobs(p, args)
     return args
 
 
