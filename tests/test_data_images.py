@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import torch
 from PIL import Image
 
 from lit_mcmc.assets import shared_path
-from lit_mcmc.data.images import ImageDataModule, ImageDataset, load_arrays
+from lit_mcmc.data.images import ImageDataModule, ImageDataset, UnsafePickleError, load_arrays
 
 # class counts of the complete MNIST t10k split (the canonical file)
 MNIST_T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -112,6 +114,94 @@ def test_cifar100_datamodule_class_count_follows_label_kind(cifar100_dir) -> Non
     root, _ = cifar100_dir
     assert ImageDataModule("cifar100", root=str(root), label_kind="fine").n_classes == 100
     assert ImageDataModule("cifar100", root=str(root), label_kind="coarse").n_classes == 20
+
+
+# ---- CIFAR pickles: the restricted unpickler ----
+
+
+class _Planted:
+    """A pickle payload that would create ``marker`` when loaded by a plain pickle.load."""
+
+    def __init__(self, call: str, marker: Path) -> None:
+        self.call, self.marker = call, marker
+
+    def __reduce__(self):
+        if self.call == "os.system":
+            return os.system, (f"touch {self.marker}",)
+        return eval, (f"open({str(self.marker)!r}, 'w').close()",)  # builtins.eval
+
+
+def _write_cifar10_test_batch(root: Path, batch: object, protocol: int) -> None:
+    with (root / "test_batch").open("wb") as f:
+        pickle.dump(batch, f, protocol=protocol)
+
+
+@pytest.mark.parametrize("call", ["os.system", "builtins.eval"])
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_pickle_with_a_planted_global_is_refused_without_running_it(
+    tmp_path: Path, call: str, protocol: int
+) -> None:
+    marker = tmp_path / "marker"
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    batch = {"data": _cifar_rows(images), "labels": [0, 1], "batch_label": _Planted(call, marker)}
+    _write_cifar10_test_batch(tmp_path, batch, protocol)
+    with pytest.raises(UnsafePickleError) as error:
+        load_arrays("cifar10", tmp_path, "test")
+    message = str(error.value)
+    # os.system pickles as posix.system; protocol 2 writes builtins under its Python-2 name __builtin__
+    forbidden = r"posix\.system" if call == "os.system" else r"(builtins|__builtin__)\.eval"
+    assert re.search(forbidden, message)
+    for expected in [str(tmp_path / "test_batch"), "not a CIFAR batch", "tampered"]:
+        assert expected in message
+    assert not marker.exists()
+    assert isinstance(error.value, ValueError) and isinstance(error.value, pickle.UnpicklingError)
+    # the payload is live: a plain pickle.load of the same file would have created the marker
+    with (tmp_path / "test_batch").open("rb") as f:
+        pickle.load(f, encoding="latin1")
+    assert marker.exists()
+
+
+def test_cifar_pickle_codecs_encode_is_limited_to_latin1(tmp_path: Path) -> None:
+    # protocol-0 text: GLOBAL _codecs.encode applied to ("x", "rot13"), as the only value of a dict
+    payload = b"(dp0\nVk\np1\nc_codecs\nencode\np2\n(Vx\nVrot13\ntp3\nRp4\ns."
+    (tmp_path / "test_batch").write_bytes(payload)
+    with pytest.raises(pickle.UnpicklingError, match=r"latin-1, not 'rot13'"):
+        load_arrays("cifar10", tmp_path, "test")
+
+
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_cifar_layout_written_with_numpy_arrays_loads(tmp_path: Path, protocol: int) -> None:
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([9, 0, 3, 3])
+    batch = {
+        "batch_label": "testing batch 1 of 1",
+        "labels": list(labels.astype(np.int64)),  # numpy scalars, as a re-pickled copy may hold
+        "data": _cifar_rows(images),
+        "filenames": [b"a.png", b"b.png", b"c.png", b"d.png"],
+    }
+    _write_cifar10_test_batch(tmp_path, batch, protocol)
+    read_images, read_labels = load_arrays("cifar10", tmp_path, "test")
+    np.testing.assert_array_equal(read_images, images)
+    assert read_labels.tolist() == labels.tolist() and read_labels.dtype == np.int64
+
+
+def test_cifar_pickle_written_by_numpy_1_loads(tmp_path: Path) -> None:
+    images = np.arange(2 * 32 * 32 * 3, dtype=np.uint64).astype(np.uint8).reshape(2, 32, 32, 3)
+    payload = pickle.dumps({"data": _cifar_rows(images), "labels": [1, 2]}, protocol=2)
+    # numpy 1 names the module numpy.core.multiarray, as the original CIFAR files do; GLOBAL is newline-ended text
+    old_payload = payload.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    assert old_payload != payload
+    (tmp_path / "test_batch").write_bytes(old_payload)
+    read_images, read_labels = load_arrays("cifar10", tmp_path, "test")
+    np.testing.assert_array_equal(read_images, images)
+    assert read_labels.tolist() == [1, 2]
+
+
+def test_cifar_pickle_that_is_not_a_dict_is_named(tmp_path: Path) -> None:
+    _write_cifar10_test_batch(tmp_path, [np.zeros(3, np.uint8)], 2)
+    with pytest.raises(ValueError, match=r"test_batch holds a pickled list, not the dict of a CIFAR batch"):
+        load_arrays("cifar10", tmp_path, "test")
 
 
 # ---- MNIST ----

@@ -3,12 +3,14 @@
 Readers cover CIFAR-10 and CIFAR-100 python-pickle directories, MNIST idx files (gzipped or plain) and plain
 image folders. Nothing is ever downloaded: a missing file raises FileNotFoundError naming the path, the files
 expected there, where such data is normally obtained, and the config key (``data.root``) that points to it.
-The pickles are read with :mod:`pickle`, so ``data.root`` must point at files you trust.
+The CIFAR pickles are read by a restricted unpickler that admits only the few numpy globals such a file
+references (see :class:`CifarUnpickler`); any other global is refused before anything runs.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib
 import math
 import pickle
 import struct
@@ -81,10 +83,81 @@ def _require_dir(root: Path, expected: Sequence[str], dataset: str, hint: str = 
 # ---- CIFAR-10 / CIFAR-100 python pickles ----
 
 
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A CIFAR pickle referenced a global outside :class:`CifarUnpickler`'s allow-list; nothing was loaded."""
+
+
+_LATIN1_NAMES = ("latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1")
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` restricted to latin-1: how Python 3 writes bytes (numpy array data) at protocols 0-2."""
+    if not isinstance(text, str) or encoding.lower() not in _LATIN1_NAMES:
+        raise pickle.UnpicklingError(f"_codecs.encode is allowed only on text with latin-1, not {encoding!r}")
+    return text.encode("latin1")
+
+
+def _numpy_global(name: str, modules: Sequence[str]) -> Any:
+    """``name`` from the first of ``modules`` that has it (numpy 2 spells numpy.core as numpy._core)."""
+    for module in modules:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy provides none of {', '.join(f'{m}.{name}' for m in modules)}")
+
+
+def _cifar_allowed_globals() -> dict[tuple[str, str], Any]:
+    """(module, name) -> object for every global a CIFAR batch written by numpy 1 or 2 may reference."""
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    for submodule, names in (("multiarray", ("_reconstruct", "scalar")), ("numeric", ("_frombuffer",))):
+        spellings = (f"numpy._core.{submodule}", f"numpy.core.{submodule}")
+        for name in names:
+            target = _numpy_global(name, spellings)
+            allowed.update({(module, name): target for module in spellings})
+    return allowed
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler for CIFAR-10/100 python batches that refuses every global a CIFAR batch does not need.
+
+    Dicts, lists, strings, bytes and numbers are pickle opcodes and need no globals. Numpy arrays need
+    ``numpy.ndarray``, ``numpy.dtype`` and ``_reconstruct`` (protocols 0-4), ``_frombuffer`` (protocol 5) or
+    ``scalar`` (numpy scalars, e.g. labels of a re-pickled copy), each under its ``numpy.core`` (numpy 1) and
+    ``numpy._core`` (numpy 2) module, plus ``_codecs.encode`` limited to latin-1 (bytes at protocols 0-2).
+    None of these runs code chosen by the file; any other global raises :class:`UnsafePickleError`.
+    """
+
+    def __init__(self, file: Any, path: Path) -> None:
+        # latin1 reads the original Python-2 pickles, numpy array data included
+        super().__init__(file, encoding="latin1")
+        self.path = path
+        self._allowed = _cifar_allowed_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"{self.path} is not a CIFAR batch and may have been tampered with: its pickle references the "
+                f"global {module}.{name}, which CIFAR-10/100 python pickles never use (they need only numpy "
+                "arrays). Nothing from it was run or loaded; replace it with the original file."
+            ) from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafePickleError(f"{self.path} is not a CIFAR batch: its pickle uses persistent ids ({pid!r}).")
+
+
 def _read_cifar_pickle(path: Path) -> dict[str, Any]:
     with path.open("rb") as f:
-        # latin1 reads the original Python-2 pickles, numpy arrays included; keys may still come back as bytes
-        batch = pickle.load(f, encoding="latin1")
+        batch = CifarUnpickler(f, path).load()
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} holds a pickled {type(batch).__name__}, not the dict of a CIFAR batch.")
+    # keys of the original Python-2 pickles come back as bytes or str depending on who wrote the file
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
