@@ -53,6 +53,9 @@ class Product(Target):
             integrand=_weighted_sum(w, [e.integrand for e in evals]),
             exact=_weighted_sum(w, [e.exact for e in evals]),
             log_prob=_weighted_sum(w, [e.log_prob for e in evals]) if with_log_prob else None,  # type: ignore[misc]
+            # A learned reverse variance is one model's: the first part that has one (the unconditional model
+            # under classifier-free guidance, as that one comes first).
+            variance_output=next((e.variance_output for e in evals if e.variance_output is not None), None),
         )
 
     def integrand(self, x: Tensor, t: int) -> Tensor:
@@ -213,6 +216,7 @@ class ClassifierGuidance(LabelledGuidance):
             integrand=inner.integrand,
             exact=inner.exact + mh_term,
             log_prob=inner.log_prob + mh_term if with_log_prob else None,  # type: ignore[operator]
+            variance_output=inner.variance_output,
         )
 
     def integrand(self, x: Tensor, t: int) -> Tensor:
@@ -275,6 +279,7 @@ class ReconstructionGuidance(LabelledGuidance):
             integrand=inner.integrand,
             exact=inner.exact + guidance_term,
             log_prob=inner.log_prob + guidance_term if with_log_prob else None,  # type: ignore[operator]
+            variance_output=inner.variance_output,
         )
 
     def integrand(self, x: Tensor, t: int) -> Tensor:

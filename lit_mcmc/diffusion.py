@@ -13,7 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-ReverseVariance = Literal["beta", "posterior"]
+ReverseVariance = Literal["beta", "posterior", "learned"]
+REVERSE_VARIANCES = ("beta", "posterior", "learned")
 
 
 class NoiseSchedule:
@@ -38,6 +39,10 @@ class NoiseSchedule:
         self.marginal_std = torch.sqrt(1.0 - self.alphas_cumprod)
         # β̃_t = β_t (1 - ᾱ_{t-1}) / (1 - ᾱ_t); β̃_0 = 0.
         self.posterior_variance = betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        # log β̃_t with entry 0 (β̃_0 = 0) replaced by entry 1, as guided-diffusion clips it.
+        clipped = torch.cat([self.posterior_variance[1:2], self.posterior_variance[1:]]) if len(betas) > 1 \
+            else self.betas
+        self.posterior_log_variance_clipped = torch.log(clipped)
         if model_timesteps is None:
             model_timesteps = torch.arange(len(betas))
         self.model_timesteps = torch.as_tensor(model_timesteps, dtype=torch.long)
@@ -106,11 +111,13 @@ class NoiseSchedule:
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     def reverse_step(self, x: Tensor, t: int, score: Tensor, noise: Tensor | None,
-                     variance: ReverseVariance = "beta") -> Tensor:
+                     variance: ReverseVariance = "beta", variance_output: Tensor | None = None) -> Tensor:
         """One ancestral step from level t to t-1 in score form.
 
-        x_{t-1} = (x_t + β_t s(x_t)) / √α_t + s_t z, with s_t² = β_t ("beta") or β̃_t ("posterior");
-        no noise is added at t = 0 (the result is then at the data level).
+        x_{t-1} = (x_t + β_t s(x_t)) / √α_t + s_t z, with s_t² = β_t ("beta"), β̃_t ("posterior"), or ("learned")
+        the model's interpolation log s_t² = f log β_t + (1 − f) log β̃_t^clipped, f = (v + 1)/2, from its variance
+        output v (``variance_output``, shaped like x; guided-diffusion's learned σ). No noise is added at t = 0
+        (the result is then at the data level).
         """
         self.check_level(t)
         beta = float(self.betas[t])
@@ -118,12 +125,17 @@ class NoiseSchedule:
         if t == 0 or noise is None:
             return mean
         if variance == "beta":
-            var = beta
-        elif variance == "posterior":
-            var = float(self.posterior_variance[t])
-        else:
-            raise ValueError(f"reverse variance={variance!r} is not one of ['beta', 'posterior']")
-        return mean + math.sqrt(var) * noise
+            return mean + math.sqrt(beta) * noise
+        if variance == "posterior":
+            return mean + math.sqrt(float(self.posterior_variance[t])) * noise
+        if variance == "learned":
+            if variance_output is None:
+                raise ValueError("reverse variance='learned' needs a model that predicts its variance (learned σ: an "
+                                 "ADM/diffusers network with twice the input channels); use 'beta' or 'posterior'")
+            frac = (variance_output.to(x.dtype) + 1) / 2
+            log_var = frac * math.log(beta) + (1 - frac) * float(self.posterior_log_variance_clipped[t])
+            return mean + torch.exp(0.5 * log_var) * noise
+        raise ValueError(f"reverse variance={variance!r} is not one of {list(REVERSE_VARIANCES)}")
 
 
 @dataclass

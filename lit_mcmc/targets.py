@@ -31,23 +31,30 @@ class Evaluation:
             log p̃ is known exactly).
         exact: the exactly known part of log p̃_t(x), shape [B] (zeros when there is none).
         log_prob: the whole log p̃_t(x), shape [B], when asked for and available; otherwise None.
+        variance_output: a learned-σ model's variance output v ∈ [−1, 1], shaped like x (the reverse step's
+            ``variance="learned"`` uses it; the MCMC kernels ignore it); None for other targets.
     """
 
     score: Tensor
     integrand: Tensor
     exact: Tensor
     log_prob: Tensor | None = None
+    variance_output: Tensor | None = None
 
     def where(self, mask: Tensor, other: Evaluation) -> Evaluation:
         """Per-sample choice: rows of ``self`` where ``mask`` is True, rows of ``other`` elsewhere."""
         lp = None
         if self.log_prob is not None and other.log_prob is not None:
             lp = torch.where(mask, self.log_prob, other.log_prob)
+        var = None
+        if self.variance_output is not None and other.variance_output is not None:
+            var = where_rows(mask, self.variance_output, other.variance_output)
         return Evaluation(
             score=where_rows(mask, self.score, other.score),
             integrand=where_rows(mask, self.integrand, other.integrand),
             exact=torch.where(mask, self.exact, other.exact),
             log_prob=lp,
+            variance_output=var,
         )
 
 
@@ -106,17 +113,38 @@ class DensityTarget(Target):
 
 
 class ScoreModelTarget(DensityTarget):
-    """An ε-prediction network as a target: score = −ε̂(x, t)/σ_t. Its log-density is unknown."""
+    """An ε-prediction network as a target: score = −ε̂(x, t)/σ_t. Its log-density is unknown.
+
+    ``learned_variance``: the network returns [ε̂, v] stacked on dim 1 (twice x's channels, guided-diffusion's
+    learned σ); the score uses ε̂ and v is passed on as :attr:`Evaluation.variance_output` for the reverse step.
+    """
 
     has_log_prob = False
 
-    def __init__(self, net: nn.Module, schedule: NoiseSchedule) -> None:
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, learned_variance: bool = False) -> None:
         self.net = net
         self.schedule = schedule
+        self.learned_variance = learned_variance
+
+    def _network(self, x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
+        out = self.net(x, self.schedule.model_t(t, x.shape[0], x.device))
+        if not self.learned_variance:
+            return out, None
+        if out.shape[1] != 2 * x.shape[1]:
+            raise ValueError(f"learned_variance=True needs a network output with twice x's {x.shape[1]} channels "
+                             f"(ε̂ and the variance), got {out.shape[1]}")
+        eps, var = out.chunk(2, dim=1)
+        return eps, var
 
     def score_and_log_prob(self, x: Tensor, t: int, with_log_prob: bool) -> tuple[Tensor, None]:
-        eps = self.net(x, self.schedule.model_t(t, x.shape[0], x.device))
-        return -eps / float(self.schedule.marginal_std[t]), None
+        return -self._network(x, t)[0] / float(self.schedule.marginal_std[t]), None
+
+    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
+        if with_log_prob:
+            self.require_log_prob("with_log_prob=True")
+        eps, var = self._network(x, t)
+        score = -eps / float(self.schedule.marginal_std[t])
+        return Evaluation(score, score, x.new_zeros(x.shape[0]), None, var)
 
 
 class EnergyModelTarget(DensityTarget):

@@ -88,7 +88,7 @@ def test_bad_configs_exit_nonzero_naming_the_key(override, key, capsys):
 
 @pytest.mark.parametrize("args,line", [
     (["--model.init_args.sampler.reverse_variance", "beta_tilde"],
-     "lit-mcmc: error: model.sampler.reverse_variance: Expected a typing.Literal['beta', 'posterior']. "
+     "lit-mcmc: error: model.sampler.reverse_variance: Expected a typing.Literal['beta', 'posterior', 'learned']. "
      "Got value: beta_tilde"),
     (["--model.init_args.samplr.kernel", "hmc"], "lit-mcmc: error: model: unrecognized arguments: --samplr.kernel=hmc"),
     (["--data.init_args.batch_size", "abc"],

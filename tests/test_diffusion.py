@@ -77,3 +77,50 @@ def test_bad_schedule_config(bad):
 def test_level_out_of_range():
     with pytest.raises(ValueError, match="level t=100"):
         NoiseSchedule.cosine(100).model_t(100, 1)
+
+
+def test_learned_reverse_variance_interpolates_log_beta_and_clipped_log_posterior():
+    """guided-diffusion's learned σ: log s² = f log β_t + (1 − f) log β̃_t, f = (v + 1)/2, β̃ clipped at t = 0."""
+    s = NoiseSchedule.linear(20)
+    t = 7
+    beta, post = float(s.betas[t]), float(s.posterior_variance[t])
+    x = torch.zeros(3, 1, dtype=torch.float64)
+    score = torch.zeros_like(x)
+    noise = torch.ones_like(x)
+    v = torch.tensor([[-1.0], [0.0], [1.0]], dtype=torch.float64)
+    step = s.reverse_step(x, t, score, noise, "learned", variance_output=v)
+    expected = [math.sqrt(post), (beta * post) ** 0.25, math.sqrt(beta)]  # v = 0: the geometric mean of the two
+    assert step[:, 0].tolist() == pytest.approx(expected, rel=1e-12)
+    assert float(s.posterior_log_variance_clipped[0]) == pytest.approx(math.log(float(s.posterior_variance[1])))
+    assert s.reverse_step(x, 0, score, noise, "learned", variance_output=v).abs().max() == 0  # no noise at t = 0
+    with pytest.raises(ValueError, match="needs a model that predicts its variance"):
+        s.reverse_step(x, t, score, noise, "learned")
+
+
+def test_learned_variance_flows_from_the_network_to_the_reverse_step():
+    """A learned-σ network with v ≡ 1 (−1) gives exactly the β (β̃) reverse process; ε̂ is its first half."""
+    from torch import nn
+
+    from lit_mcmc.samplers import AnnealedSampler, PerSampleRandom
+    from lit_mcmc.targets import ScoreModelTarget
+
+    class LearnedSigma(nn.Module):
+        def __init__(self, v: float) -> None:
+            super().__init__()
+            self.v = v
+
+        def forward(self, x, t):
+            return torch.cat([0.3 * x, torch.full_like(x, self.v)], dim=1)
+
+    class EpsOnly(nn.Module):
+        def forward(self, x, t):
+            return 0.3 * x
+
+    s = NoiseSchedule.linear(30)
+    rng = lambda: PerSampleRandom(5, torch.arange(4))  # noqa: E731
+    for v, variance in ((1.0, "beta"), (-1.0, "posterior")):
+        learned = AnnealedSampler(ScoreModelTarget(LearnedSigma(v), s, learned_variance=True), s, None,
+                                  reverse_variance="learned").sample((4, 2, 3, 3), rng())[0]
+        fixed = AnnealedSampler(ScoreModelTarget(EpsOnly(), s), s, None,
+                                reverse_variance=variance).sample((4, 2, 3, 3), rng())[0]
+        torch.testing.assert_close(learned, fixed, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lit_mcmc.diffusion import NoiseSchedule, ReverseVariance
+from lit_mcmc.diffusion import REVERSE_VARIANCES, NoiseSchedule, ReverseVariance
 from lit_mcmc.samplers.kernels import ChainInfo, ChainState, Kernel
 from lit_mcmc.samplers.random import RandomStream, as_random_stream
 from lit_mcmc.targets import Target
@@ -38,7 +38,8 @@ class AnnealedSampler:
         kernel: the MCMC kernel run at each level, or None for the plain reverse process.
         n_steps: K, kernel steps per level.
         reverse: take an ancestral reverse step before the kernel steps of each level.
-        reverse_variance: "beta" (s_t² = β_t) or "posterior" (β̃_t) for the reverse step's noise.
+        reverse_variance: "beta" (s_t² = β_t), "posterior" (β̃_t) or "learned" (the model's own variance output,
+            for learned-σ networks such as ADM) for the reverse step's noise.
         min_mcmc_level: run the kernel only at levels >= this (R3's PyTorch code uses MCMC only for t > 50).
     """
 
@@ -50,8 +51,8 @@ class AnnealedSampler:
             raise ValueError(f"n_steps={n_steps} must be a non-negative integer (kernel steps per level)")
         if kernel is not None:
             kernel.check_target(target)
-        if reverse_variance not in ("beta", "posterior"):
-            raise ValueError(f"reverse_variance={reverse_variance!r} is not one of ['beta', 'posterior']")
+        if reverse_variance not in REVERSE_VARIANCES:
+            raise ValueError(f"reverse_variance={reverse_variance!r} is not one of {list(REVERSE_VARIANCES)}")
         self.target = target
         self.schedule = schedule
         self.kernel = kernel
@@ -86,19 +87,20 @@ class AnnealedSampler:
         """Anneal from x (taken to be at level T−1) down to the data level. Returns (x, info)."""
         rng = as_random_stream(generator)
         info = ChainInfo(batch_size=x.shape[0], adjusted=self.kernel is not None and self.kernel.correction is not None)
-        state: ChainState | None = None  # the last kernel state: its cached score serves the next reverse step
+        state: ChainState | None = None  # the last kernel state: its cached evaluation serves the next reverse step
         plan = self.plan()
         with torch.no_grad():
             for step in tqdm(plan, desc="levels", disable=not progress, leave=False):
                 if step.reverse_from is not None:
                     t = step.reverse_from
                     if state is not None and state.t == t:
-                        score = state.evaluation.score
+                        evaluation = state.evaluation
                     else:
-                        score = self.target.score(x, t)
+                        evaluation = self.target.evaluate(x, t)
                         info.nfe += 1
                     noise = rng.normal(x) if t > 0 else None
-                    x = self.schedule.reverse_step(x, t, score, noise, self.reverse_variance)
+                    x = self.schedule.reverse_step(x, t, evaluation.score, noise, self.reverse_variance,
+                                                   evaluation.variance_output)
                     state = None
                 if step.mcmc_level is not None:
                     assert self.kernel is not None
