@@ -1,8 +1,9 @@
 """LightningModules: training (DiffusionModule, NoisyClassifierModule, ClassifierModule) and sampling."""
 
 from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule, load_classifier
+from lit_mcmc.modules.components import ComponentConfig
 from lit_mcmc.modules.diffusion import DiffusionModule
-from lit_mcmc.modules.sampling import ComponentConfig, CompositionConfig, SamplingModule
+from lit_mcmc.modules.sampling import CompositionConfig, SamplingModule
 
 __all__ = [
     "ClassifierModule",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -21,46 +20,15 @@ from lit_mcmc.compose import (
     ReconstructionGuidance,
 )
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
-from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule
-from lit_mcmc.modules.diffusion import DiffusionModule
+from lit_mcmc.modules.components import ComponentConfig, load_component
 from lit_mcmc.samplers import AnnealedSampler, PerSampleRandom, SamplerConfig
-from lit_mcmc.targets import DiffusedGaussianMixture, DiffusedUniformBox, Target
+from lit_mcmc.targets import Target
 
-ANALYTIC = ("toy2d_gmm", "toy2d_bar")
-ROLES = ("diffusion", "classifier", "clean_classifier")
 COMPOSITIONS = ("single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance",
                 "reconstruction_guidance")
 GUIDED = ("classifier_guidance", "classifier_free_guidance", "reconstruction_guidance")
 # Compositions guided by a classifier component, with the role it must have.
 CLASSIFIER_ROLE = {"classifier_guidance": "classifier", "reconstruction_guidance": "clean_classifier"}
-
-
-@dataclass
-class ComponentConfig:
-    """One model of a composition: a trained checkpoint, or an analytic target (exact scores, no training).
-
-    ``checkpoint``: a ``lit-mcmc fit`` checkpoint (relative paths are resolved against the SamplingModule's
-    ``checkpoint_root``) of a DiffusionModule (``role: diffusion``), of a NoisyClassifierModule
-    (``role: classifier``, for ``classifier_guidance``) or of a clean ClassifierModule (``role: clean_classifier``,
-    for ``reconstruction_guidance``). ``analytic``: "toy2d_gmm" or "toy2d_bar" (the paper's 2D densities, diffused
-    in closed form).
-    """
-
-    checkpoint: str | None = None
-    analytic: str | None = None
-    role: Literal["diffusion", "classifier", "clean_classifier"] = "diffusion"
-
-    def __post_init__(self) -> None:
-        if (self.checkpoint is None) == (self.analytic is None):
-            raise ValueError("a component needs exactly one of 'checkpoint' (a trained model) or 'analytic' "
-                             f"(one of {list(ANALYTIC)})")
-        if self.analytic is not None and self.analytic not in ANALYTIC:
-            raise ValueError(f"analytic={self.analytic!r} is not one of {list(ANALYTIC)}")
-        if self.role not in ROLES:
-            raise ValueError(f"role={self.role!r} is not one of {list(ROLES)}")
-        if self.role != "diffusion" and self.checkpoint is None:
-            raise ValueError(f"a component with role={self.role!r} needs a 'checkpoint' of a "
-                             f"{'NoisyClassifierModule' if self.role == 'classifier' else 'ClassifierModule'}")
 
 
 @dataclass
@@ -128,15 +96,6 @@ class CompositionConfig:
             raise ValueError(f"model.composition.labels contains {bad}, outside the classifier's classes {valid}")
 
 
-def analytic_target(name: str, schedule: NoiseSchedule) -> Target:
-    """The paper's 2D densities (8-mode GMM, uniform bar), diffused exactly on ``schedule``."""
-    from lit_mcmc.data import toy2d
-
-    if name == "toy2d_gmm":
-        return DiffusedGaussianMixture(toy2d.GMM_MEANS, toy2d.GMM_STD, schedule)
-    return DiffusedUniformBox(toy2d.BAR_LOW, toy2d.BAR_HIGH, schedule)
-
-
 class SamplingModule(L.LightningModule):
     """Runs a composed, annealed sampler over batches of global sample indices (``lit-mcmc predict``).
 
@@ -146,12 +105,13 @@ class SamplingModule(L.LightningModule):
     classifier guidance only, ``labels`` (LongTensor [B], the class each sample was guided towards).
 
     Args:
-        components: named models (checkpoints or analytic targets; guidance classifiers with role: classifier).
+        components: named models (checkpoints, analytic targets or published models; guidance classifiers with
+            role: classifier); see :class:`~lit_mcmc.modules.components.ComponentConfig`.
         composition: how the named components combine.
         sampler: the kernel, its hyper-parameters, and the level schedule.
         sample_shape: shape of one sample, e.g. [2] or [3, 32, 32].
         seed: base seed of the per-sample random streams.
-        checkpoint_root: directory that relative checkpoint paths are resolved against.
+        checkpoint_root: directory that relative checkpoint (and pretrained ``path``) values are resolved against.
         schedule: noise schedule for analytic components; with checkpoints it must match theirs (or be null).
         respace: sample on this many evenly spaced levels of that schedule (improved-diffusion respacing; the
             networks still see their training levels); null samples every level.
@@ -168,23 +128,20 @@ class SamplingModule(L.LightningModule):
         self.sample_shape = list(sample_shape)
         self.seed = seed
         self.models = nn.ModuleDict()
-        schedules: dict[str, NoiseSchedule] = {}
-        for name, spec in components.items():
-            if spec.checkpoint is not None:
-                path = Path(spec.checkpoint)
-                module = self._load(path if path.is_absolute() else Path(checkpoint_root) / path, name, spec.role)
-                self.models[name] = module
-                if spec.role != "clean_classifier":  # a clean classifier has no noise levels
-                    schedules[name] = module.schedule
+        loaded = {name: load_component(name, spec, checkpoint_root) for name, spec in components.items()}
+        for name, component in loaded.items():
+            if component.module is not None:
+                self.models[name] = component.module
+        schedules = {name: c.schedule for name, c in loaded.items() if c.schedule is not None}
         self.schedule = self._common_schedule(schedules, schedule)
         if respace is not None:
             if not 2 <= respace <= self.schedule.T:
                 raise ValueError(f"model.respace={respace} must lie in [2, {self.schedule.T}] (the schedule's T), "
                                  "or be null to sample every level")
             self.schedule = self.schedule.respace(respace)
-        parts = {name: (self.models[name].target(self.schedule) if spec.checkpoint is not None
-                        else analytic_target(spec.analytic, self.schedule))  # type: ignore[arg-type]
+        parts = {name: loaded[name].make_target(self.schedule)  # type: ignore[misc]
                  for name, spec in components.items() if spec.role == "diffusion"}
+        self.component_roles = {name: spec.role for name, spec in components.items()}
         self.n_classes: int | None = None
         if composition.kind in CLASSIFIER_ROLE:
             self.target: Target = self._classifier_guidance(parts, composition)
@@ -221,27 +178,6 @@ class SamplingModule(L.LightningModule):
         elif classifiers:
             raise ValueError(f"components {classifiers} are classifiers, which only kinds {list(CLASSIFIER_ROLE)} "
                              "use; remove them or change model.composition.kind")
-
-    @staticmethod
-    def _load(path: Path, name: str, role: str) -> DiffusionModule | NoisyClassifierModule | ClassifierModule:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"checkpoint for component {name!r} not found: {path}. Train it with `lit-mcmc fit` (see configs/), "
-                f"or set model.components.{name}.checkpoint (relative paths start at model.checkpoint_root)")
-        module_class = {"diffusion": DiffusionModule, "classifier": NoisyClassifierModule,
-                        "clean_classifier": ClassifierModule}[role]
-        try:
-            module = module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-        except KeyError as err:
-            raise ValueError(f"model.components.{name}.checkpoint={str(path)!r} is not a `lit-mcmc fit` checkpoint "
-                             f"of a {module_class.__name__} (missing {err}); checkpoints from other code bases "
-                             "need a converter") from None
-        except ValueError as err:  # e.g. a classifier checkpoint given the diffusion role, or the reverse
-            raise ValueError(f"model.components.{name}.checkpoint={str(path)!r} does not load as a "
-                             f"{module_class.__name__} (model.components.{name}.role={role!r}; is the role "
-                             f"right?): {err}") from None
-        module.eval().requires_grad_(False)  # sampling needs input gradients only
-        return module
 
     @staticmethod
     def _common_schedule(schedules: dict[str, NoiseSchedule], config: ScheduleConfig | None) -> NoiseSchedule:
@@ -298,7 +234,8 @@ class SamplingModule(L.LightningModule):
         """The number of classes, from one forward pass on a zero image of ``sample_shape`` (at the noisiest level
         for a noisy classifier)."""
         x = torch.zeros(1, *self.sample_shape)
-        args = () if isinstance(classifier, ClassifierModule) else (self.schedule.model_t(self.schedule.T - 1, 1),)
+        noisy = self.component_roles[name] == "classifier"
+        args = (self.schedule.model_t(self.schedule.T - 1, 1),) if noisy else ()
         try:
             with torch.no_grad():
                 logits = classifier(x, *args)

@@ -1,0 +1,171 @@
+"""The models a SamplingModule composes: one small loader per kind of component, all in one place.
+
+A component is a ``lit-mcmc fit`` checkpoint, an analytic target, or a published model (``pretrained:``). Each kind's
+loader turns its config into a :class:`LoadedComponent`: the network to register (so it moves to the sampling
+device), the schedule it was trained on, and, for diffusion models, a factory that makes its Target on the
+(possibly respaced) schedule the sampler uses. Adding a kind means adding a loader to :data:`LOADERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+
+from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
+from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule
+from lit_mcmc.modules.diffusion import DiffusionModule
+from lit_mcmc.targets import DiffusedGaussianMixture, DiffusedUniformBox, ScoreModelTarget, Target
+
+ANALYTIC = ("toy2d_gmm", "toy2d_bar")
+PRETRAINED = ("adm", "adm_classifier")
+ROLES = ("diffusion", "classifier", "clean_classifier")
+# The role each published kind plays: an ADM UNet is a diffusion model, an ADM EncoderUNet a noisy classifier.
+PRETRAINED_ROLE = {"adm": "diffusion", "adm_classifier": "classifier"}
+
+
+@dataclass
+class ComponentConfig:
+    """One model of a composition: a trained checkpoint, an analytic target, or a published model.
+
+    ``checkpoint``: a ``lit-mcmc fit`` checkpoint of a DiffusionModule (``role: diffusion``), a
+    NoisyClassifierModule (``role: classifier``, for ``classifier_guidance``) or a clean ClassifierModule
+    (``role: clean_classifier``, for ``reconstruction_guidance``). ``analytic``: "toy2d_gmm" or "toy2d_bar" (the
+    paper's 2D densities, diffused in closed form). ``pretrained``: "adm" (an OpenAI guided-diffusion UNet,
+    ``role: diffusion``) or "adm_classifier" (its noisy classifier, ``role: classifier``), read from the file
+    ``path`` and built from ``config`` (a published config name such as "256x256_diffusion_uncond", or a dict of
+    constructor arguments); ``schedule`` overrides the schedule it was trained on (default: linear, T = 1000;
+    cosine for the 64x64 models) and ``use_fp16`` the config's half-precision body. Relative ``checkpoint`` and
+    ``path`` values start at the SamplingModule's ``checkpoint_root``.
+    """
+
+    checkpoint: str | None = None
+    analytic: str | None = None
+    pretrained: Literal["adm", "adm_classifier"] | None = None
+    path: str | None = None
+    config: str | dict[str, Any] | None = None
+    schedule: ScheduleConfig | None = None
+    use_fp16: bool | None = None
+    role: Literal["diffusion", "classifier", "clean_classifier"] = "diffusion"
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("checkpoint", "analytic", "pretrained") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a component needs exactly one of 'checkpoint' (a lit-mcmc fit checkpoint), 'analytic' "
+                             f"(one of {list(ANALYTIC)}) or 'pretrained' (one of {list(PRETRAINED)}); got {given}")
+        if self.analytic is not None and self.analytic not in ANALYTIC:
+            raise ValueError(f"analytic={self.analytic!r} is not one of {list(ANALYTIC)}")
+        if self.role not in ROLES:
+            raise ValueError(f"role={self.role!r} is not one of {list(ROLES)}")
+        if self.pretrained is None:
+            extra = [k for k in ("path", "config", "schedule", "use_fp16") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{extra[0]} applies only to pretrained components: remove it, or set pretrained")
+            if self.role != "diffusion" and self.checkpoint is None:
+                module = "NoisyClassifierModule" if self.role == "classifier" else "ClassifierModule"
+                extra_kind = " or pretrained: adm_classifier" if self.role == "classifier" else ""
+                raise ValueError(f"a component with role={self.role!r} needs a 'checkpoint' of a {module}{extra_kind}")
+            return
+        if self.pretrained not in PRETRAINED:
+            raise ValueError(f"pretrained={self.pretrained!r} is not one of {list(PRETRAINED)}")
+        if self.path is None or self.config is None:
+            raise ValueError(f"pretrained: {self.pretrained} needs 'path' (the checkpoint file) and 'config' (a "
+                             "published config name such as 256x256_diffusion_uncond, or constructor arguments)")
+        if self.role != PRETRAINED_ROLE[self.pretrained]:
+            raise ValueError(f"pretrained: {self.pretrained} is a "
+                             f"{'noisy classifier' if self.pretrained == 'adm_classifier' else 'diffusion model'}: "
+                             f"set role: {PRETRAINED_ROLE[self.pretrained]} (got role: {self.role})")
+        from lit_mcmc.pretrained.adm import resolve_config
+
+        resolve_config(self.config, self.pretrained, "config")  # a bad name is an error before any file is read
+
+    @property
+    def kind(self) -> str:
+        """"checkpoint", "analytic", or the pretrained kind."""
+        if self.pretrained is not None:
+            return self.pretrained
+        return "checkpoint" if self.checkpoint is not None else "analytic"
+
+
+@dataclass
+class LoadedComponent:
+    """A component ready to compose: its network (None for analytic targets), the schedule it was trained on (None
+    when it has no noise levels: analytic targets and clean classifiers), and for diffusion models the factory of
+    its Target on a given schedule (a respacing of the training one, when the sampler respaces)."""
+
+    module: nn.Module | None
+    schedule: NoiseSchedule | None
+    make_target: Callable[[NoiseSchedule], Target] | None = None
+
+
+def analytic_target(name: str, schedule: NoiseSchedule) -> Target:
+    """The paper's 2D densities (8-mode GMM, uniform bar), diffused exactly on ``schedule``."""
+    from lit_mcmc.data import toy2d
+
+    if name == "toy2d_gmm":
+        return DiffusedGaussianMixture(toy2d.GMM_MEANS, toy2d.GMM_STD, schedule)
+    return DiffusedUniformBox(toy2d.BAR_LOW, toy2d.BAR_HIGH, schedule)
+
+
+def _resolve(path: str, root: Path) -> Path:
+    resolved = Path(path)
+    return resolved if resolved.is_absolute() else root / resolved
+
+
+def load_checkpoint(name: str, spec: ComponentConfig, root: Path) -> LoadedComponent:
+    """A ``lit-mcmc fit`` checkpoint of the module class the component's role names."""
+    path = _resolve(spec.checkpoint, root)  # type: ignore[arg-type]
+    key = f"model.components.{name}.checkpoint"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint for component {name!r} not found: {path}. Train it with `lit-mcmc fit` (see configs/), "
+            f"or set {key} (relative paths start at model.checkpoint_root)")
+    module_class = {"diffusion": DiffusionModule, "classifier": NoisyClassifierModule,
+                    "clean_classifier": ClassifierModule}[spec.role]
+    try:
+        module = module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except KeyError as err:
+        raise ValueError(f"{key}={str(path)!r} is not a `lit-mcmc fit` checkpoint of a {module_class.__name__} "
+                         f"(missing {err}); published ADM files load with pretrained: adm / adm_classifier") from None
+    except ValueError as err:  # e.g. a classifier checkpoint given the diffusion role, or the reverse
+        raise ValueError(f"{key}={str(path)!r} does not load as a {module_class.__name__} "
+                         f"(model.components.{name}.role={spec.role!r}; is the role right?): {err}") from None
+    module.eval().requires_grad_(False)  # sampling needs input gradients only
+    schedule = None if spec.role == "clean_classifier" else module.schedule  # a clean classifier has no levels
+    make_target = module.target if spec.role == "diffusion" else None
+    return LoadedComponent(module, schedule, make_target)
+
+
+def load_analytic(name: str, spec: ComponentConfig, root: Path) -> LoadedComponent:
+    """An analytic target: nothing to read; it is diffused on whatever schedule the sampler uses."""
+    return LoadedComponent(None, None, lambda schedule: analytic_target(spec.analytic, schedule))  # type: ignore[arg-type]
+
+
+def load_adm(name: str, spec: ComponentConfig, root: Path) -> LoadedComponent:
+    """A published guided-diffusion UNet (its ε half is the score; a learned-σ half feeds the reverse step) or
+    noisy classifier."""
+    from lit_mcmc.pretrained import adm
+
+    key = f"model.components.{name}.path"
+    net = adm.load_adm(_resolve(spec.path, root), spec.config, spec.pretrained, spec.use_fp16, key)  # type: ignore[arg-type]
+    schedule = spec.schedule.build() if spec.schedule is not None else adm.default_schedule(spec.config)  # type: ignore[arg-type]
+    if spec.pretrained == "adm_classifier":
+        return LoadedComponent(net, schedule)
+    if net.num_classes is not None:
+        raise ValueError(f"model.components.{name}: class-conditional ADM models (num_classes={net.num_classes}) "
+                         "are not supported as components yet; use an unconditional model with classifier guidance")
+    learned_variance = net.out_channels == 2 * net.in_channels
+    return LoadedComponent(net, schedule, lambda s: ScoreModelTarget(net, s, learned_variance=learned_variance))
+
+
+LOADERS: dict[str, Callable[[str, ComponentConfig, Path], LoadedComponent]] = {
+    "checkpoint": load_checkpoint, "analytic": load_analytic, "adm": load_adm, "adm_classifier": load_adm,
+}
+
+
+def load_component(name: str, spec: ComponentConfig, root: str | Path) -> LoadedComponent:
+    """Load component ``name`` (relative paths start at ``root``, the SamplingModule's ``checkpoint_root``)."""
+    return LOADERS[spec.kind](name, spec, Path(root))

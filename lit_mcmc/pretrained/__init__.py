@@ -1,0 +1,1 @@
+"""Adapters for models trained elsewhere: published OpenAI guided-diffusion (ADM) checkpoints."""
