@@ -14,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS) -e ".[dev]"
+	$(PY) -m pip install -q $(TORCH_PINS) -e ".[dev,pretrained]"
 	touch $(STAMP)
 
 test: $(STAMP)
