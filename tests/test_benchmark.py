@@ -54,3 +54,18 @@ def test_annealed_mode_counts_every_level():
 def test_unknown_sampler_is_named():
     with pytest.raises(SystemExit, match="unknown \\['HMC-9-line'\\]; choose from U-LA"):
         main(["--batch", "4", "--steps", "1", "--samplers", "HMC-9-line"])
+
+
+def test_adm_benchmark_counts_the_imagenet_configs_evaluations(tmp_path):
+    from lit_mcmc.benchmarks.adm import main as adm_main
+    from lit_mcmc.benchmarks.adm import sampler_for
+    from lit_mcmc.experiments.jobs import evaluations_per_level
+
+    adm_main(["--small", "--levels", "1", "--batch", "1", "--out", str(tmp_path / "adm")])
+    rows = json.loads((tmp_path / "adm.json").read_text())["rows"]
+    assert [(r["sampler"], r["use_fp16"]) for r in rows] == [("Reverse", True), ("HMC-6-curve", True),
+                                                            ("Reverse", False), ("HMC-6-curve", False)]
+    hmc = sampler_for("HMC-6-curve")
+    # one guided evaluation per level for Reverse; the chain's start plus 2 steps of 3 leapfrog + 6 curve nodes
+    assert [r["nfe_per_level"] for r in rows] == [1, evaluations_per_level(vars(hmc)), 1, 19]
+    assert all(r["samples_per_s_full_run"] > 0 for r in rows)

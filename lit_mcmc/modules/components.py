@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from torch import nn
+from torch import Tensor, nn
 
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule
@@ -21,10 +21,13 @@ from lit_mcmc.modules.diffusion import DiffusionModule
 from lit_mcmc.targets import DiffusedGaussianMixture, DiffusedUniformBox, ScoreModelTarget, Target
 
 ANALYTIC = ("toy2d_gmm", "toy2d_bar")
-PRETRAINED = ("adm", "adm_classifier")
+PRETRAINED = ("adm", "adm_classifier", "diffusers")
 ROLES = ("diffusion", "classifier", "clean_classifier")
 # The role each published kind plays: an ADM UNet is a diffusion model, an ADM EncoderUNet a noisy classifier.
-PRETRAINED_ROLE = {"adm": "diffusion", "adm_classifier": "classifier"}
+PRETRAINED_ROLE = {"adm": "diffusion", "adm_classifier": "classifier", "diffusers": "diffusion"}
+ADM_FIELDS = ("config", "use_fp16")
+DIFFUSERS_FIELDS = ("subfolder", "torch_dtype", "variant", "prompts", "weights", "embeddings", "regions", "canvas",
+                    "normalize", "prediction_type")
 
 
 @dataclass
@@ -40,16 +43,37 @@ class ComponentConfig:
     constructor arguments); ``schedule`` overrides the schedule it was trained on (default: linear, T = 1000;
     cosine for the 64x64 models) and ``use_fp16`` the config's half-precision body. Relative ``checkpoint`` and
     ``path`` values start at the SamplingModule's ``checkpoint_root``.
+
+    ``pretrained: diffusers`` (``role: diffusion``): a saved diffusers pipeline folder ``path`` (``unet/``,
+    ``scheduler/``, and as needed ``vae/`` for latent models, ``tokenizer/`` + ``text_encoder/`` for prompts), or
+    a bare UNet folder; ``subfolder`` names the UNet's folder inside ``path``. Read with local files only (a hub
+    id is an error: download the model first). ``torch_dtype`` ("float32", "float16", "bfloat16") and
+    ``variant`` (e.g. "fp16" weight files) choose the weights; ``prediction_type`` overrides the scheduler's;
+    ``schedule`` replaces a missing scheduler. The target: with ``prompts`` (and ``weights``, default 1 each) the
+    prompt product ε(∅) + Σᵢ wᵢ(ε(cᵢ) − ε(∅)); with ``regions`` (``{top, left, size, prompt(s), weight(s)}``) on
+    a ``canvas`` [H, W] the tapestry (``normalize``: average where regions overlap); otherwise the UNet alone
+    (the empty prompt for a text-conditional one). Prompts are encoded with the pipeline's tokenizer and text
+    encoder at setup, or read from ``embeddings`` (a file saved with torch.save: {prompt: [L, D]}, "" included).
     """
 
     checkpoint: str | None = None
     analytic: str | None = None
-    pretrained: Literal["adm", "adm_classifier"] | None = None
+    pretrained: Literal["adm", "adm_classifier", "diffusers"] | None = None
     path: str | None = None
     config: str | dict[str, Any] | None = None
     schedule: ScheduleConfig | None = None
     use_fp16: bool | None = None
     role: Literal["diffusion", "classifier", "clean_classifier"] = "diffusion"
+    subfolder: str | None = None
+    torch_dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    variant: str | None = None
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] | None = None
+    prompts: list[str] | None = None
+    weights: list[float] | None = None
+    embeddings: str | None = None
+    regions: list[dict[str, Any]] | None = None
+    canvas: list[int] | None = None
+    normalize: bool | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in ("checkpoint", "analytic", "pretrained") if getattr(self, k) is not None]
@@ -61,7 +85,8 @@ class ComponentConfig:
         if self.role not in ROLES:
             raise ValueError(f"role={self.role!r} is not one of {list(ROLES)}")
         if self.pretrained is None:
-            extra = [k for k in ("path", "config", "schedule", "use_fp16") if getattr(self, k) is not None]
+            extra = [k for k in ("path", "config", "schedule", *ADM_FIELDS, *DIFFUSERS_FIELDS)
+                     if getattr(self, k) is not None]
             if extra:
                 raise ValueError(f"{extra[0]} applies only to pretrained components: remove it, or set pretrained")
             if self.role != "diffusion" and self.checkpoint is None:
@@ -71,6 +96,13 @@ class ComponentConfig:
             return
         if self.pretrained not in PRETRAINED:
             raise ValueError(f"pretrained={self.pretrained!r} is not one of {list(PRETRAINED)}")
+        if self.pretrained == "diffusers":
+            self._check_diffusers()
+            return
+        extra = [k for k in DIFFUSERS_FIELDS if getattr(self, k) is not None]
+        if extra:
+            raise ValueError(f"{extra[0]} applies only to pretrained: diffusers components (this one is "
+                             f"pretrained: {self.pretrained}): remove it")
         if self.path is None or self.config is None:
             raise ValueError(f"pretrained: {self.pretrained} needs 'path' (the checkpoint file) and 'config' (a "
                              "published config name such as 256x256_diffusion_uncond, or constructor arguments)")
@@ -81,6 +113,60 @@ class ComponentConfig:
         from lit_mcmc.pretrained.adm import resolve_config
 
         resolve_config(self.config, self.pretrained, "config")  # a bad name is an error before any file is read
+
+    def _check_diffusers(self) -> None:
+        """The diffusers fields, checked before any file is read (errors name model.components.<name>.<field>)."""
+        from lit_mcmc.pretrained.diffusers import PREDICTION_TYPES, TORCH_DTYPES, RegionSpec
+
+        key = "model.components.<name>"
+        if self.path is None:
+            raise ValueError(f"pretrained: diffusers needs 'path' ({key}.path): a local diffusers pipeline folder "
+                             "(or a UNet folder)")
+        extra = [k for k in ADM_FIELDS if getattr(self, k) is not None]
+        if extra:
+            raise ValueError(f"{key}.{extra[0]} applies only to pretrained: adm components; a diffusers folder "
+                             "carries its own config (use torch_dtype / variant for half precision)")
+        if self.role != "diffusion":
+            raise ValueError(f"pretrained: diffusers is a diffusion model: set role: diffusion (got role: {self.role})")
+        if self.torch_dtype is not None and self.torch_dtype not in TORCH_DTYPES:
+            raise ValueError(f"{key}.torch_dtype={self.torch_dtype!r} is not one of {list(TORCH_DTYPES)}")
+        if self.prediction_type is not None and self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"{key}.prediction_type={self.prediction_type!r} is not one of "
+                             f"{list(PREDICTION_TYPES)} (null: the scheduler's)")
+        if self.prompts is not None and self.regions is not None:
+            raise ValueError(f"{key}: give 'prompts' (a prompt product) or 'regions' (a tapestry), not both")
+        if self.prompts is not None:
+            if not all(isinstance(p, str) and p for p in self.prompts):
+                raise ValueError(f"{key}.prompts must be non-empty strings (the empty prompt, the unconditional "
+                                 f"part, is always included), got {self.prompts}")
+            if self.weights is not None and len(self.weights) != len(self.prompts):
+                raise ValueError(f"{key}.weights has {len(self.weights)} entries but {key}.prompts has "
+                                 f"{len(self.prompts)}: one weight per prompt")
+        elif self.weights is not None:
+            raise ValueError(f"{key}.weights weighs {key}.prompts, which is not set (tapestry regions carry "
+                             "their own weights)")
+        if self.regions is not None:
+            if self.canvas is None or len(self.canvas) != 2 or min(self.canvas) < 1:
+                raise ValueError(f"{key}.canvas must be [height, width] of the tapestry (positive), got "
+                                 f"{self.canvas}")
+            specs = [RegionSpec.parse(raw, f"{key}.regions[{i}]") for i, raw in enumerate(self.regions)]
+            from lit_mcmc.pretrained.diffusers import region_coverage
+
+            region_coverage(specs, self.canvas, None)
+        else:
+            given = [k for k in ("canvas", "normalize") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{key}.{given[0]} applies only to a tapestry ({key}.regions): remove it")
+        if self.embeddings is not None and self.prompts is None and self.regions is None:
+            raise ValueError(f"{key}.embeddings holds prompt embeddings, but there are no prompts or regions")
+
+    def region_specs(self) -> list[Any] | None:
+        """The tapestry regions as checked :class:`~lit_mcmc.pretrained.diffusers.RegionSpec` (None without)."""
+        if self.regions is None:
+            return None
+        from lit_mcmc.pretrained.diffusers import RegionSpec
+
+        return [RegionSpec.parse(raw, f"model.components.<name>.regions[{i}]") for i, raw in enumerate(self.regions)]
 
     @property
     def kind(self) -> str:
@@ -99,6 +185,7 @@ class LoadedComponent:
     module: nn.Module | None
     schedule: NoiseSchedule | None
     make_target: Callable[[NoiseSchedule], Target] | None = None
+    decoder: Callable[[Tensor], Tensor] | None = None  # latent models: samples -> images in [-1, 1]
 
 
 def analytic_target(name: str, schedule: NoiseSchedule) -> Target:
@@ -157,12 +244,49 @@ def load_adm(name: str, spec: ComponentConfig, root: Path) -> LoadedComponent:
     if net.num_classes is not None:
         raise ValueError(f"model.components.{name}: class-conditional ADM models (num_classes={net.num_classes}) "
                          "are not supported as components yet; use an unconditional model with classifier guidance")
-    learned_variance = net.out_channels == 2 * net.in_channels
-    return LoadedComponent(net, schedule, lambda s: ScoreModelTarget(net, s, learned_variance=learned_variance))
+    return LoadedComponent(net, schedule, lambda s: ScoreModelTarget(net, s, learned_variance=net.learn_sigma))
+
+
+def load_diffusers(name: str, spec: ComponentConfig, root: Path) -> LoadedComponent:
+    """A saved diffusers pipeline (or UNet folder): its UNet as a Target (plain, a prompt product or a tapestry) on
+    the scheduler's levels, and its VAE as the decoder of a latent model."""
+    from lit_mcmc.pretrained import diffusers as adapter
+
+    key = f"model.components.{name}"
+    path = _resolve(spec.path, root)  # type: ignore[arg-type]
+    pipeline = adapter.load_pipeline(path, spec.path, f"{key}.path", spec.subfolder, spec.torch_dtype,  # type: ignore[arg-type]
+                                     spec.variant)
+    schedule = spec.schedule.build() if spec.schedule is not None else pipeline.schedule
+    if schedule is None:
+        raise FileNotFoundError(f"no scheduler/ folder with a scheduler_config.json in {path} ({key}.path): add the "
+                                f"pipeline's scheduler, or give the training schedule in {key}.schedule")
+    prompts = spec.prompts
+    if spec.regions is not None:
+        prompts = [p for region in spec.region_specs() for p in region.prompts]  # type: ignore[union-attr]
+    prompt_table = None
+    if prompts is not None or adapter.is_text_conditional(pipeline.unet):
+        prompt_table = _prompt_table(path, spec, prompts or [], key)
+    component = adapter.DiffusersComponent(pipeline.unet, pipeline.vae)
+    make_target = adapter.target_factory(pipeline.unet, spec.prediction_type or pipeline.prediction_type or "epsilon",
+                                         prompt_table, spec.prompts, spec.weights, spec.region_specs(), spec.canvas,
+                                         bool(spec.normalize))
+    return LoadedComponent(component, schedule, make_target, component.decode if pipeline.vae is not None else None)
+
+
+def _prompt_table(path: Path, spec: ComponentConfig, prompts: list[str], key: str) -> dict[str, Tensor]:
+    """{prompt: embedding} for "" and ``prompts``: from the embeddings file, else encoded once with the pipeline's
+    tokenizer and text encoder (which are then dropped: sampling needs only the embeddings)."""
+    from lit_mcmc.pretrained import diffusers as adapter
+
+    if spec.embeddings is not None:
+        return adapter.read_prompt_embeddings(_resolve(spec.embeddings, path), prompts, f"{key}.embeddings")
+    tokenizer, text_encoder = adapter.load_text_encoder(path, spec.torch_dtype, f"{key}.path")
+    return adapter.encode_prompts(tokenizer, text_encoder, prompts)
 
 
 LOADERS: dict[str, Callable[[str, ComponentConfig, Path], LoadedComponent]] = {
     "checkpoint": load_checkpoint, "analytic": load_analytic, "adm": load_adm, "adm_classifier": load_adm,
+    "diffusers": load_diffusers,
 }
 
 
