@@ -45,7 +45,11 @@ class StepInfo:
 
 @dataclass
 class ChainInfo:
-    """Running statistics over many transitions (and levels) of a batch of chains."""
+    """Running statistics over many transitions (and levels) of a batch of chains.
+
+    Within a level the sums stay on the chains' device (no host synchronisation per step); :meth:`sync` moves them
+    to host numbers, once per level (``Kernel.run_chain`` calls it at the end of its steps).
+    """
 
     batch_size: int
     adjusted: bool = False
@@ -56,21 +60,36 @@ class ChainInfo:
     log_ratio_count: int = 0
     n_nonfinite: int = 0
     accept_rate_per_level: dict[int, float] = field(default_factory=dict)
+    _pending: Tensor | None = field(default=None, repr=False)  # [non-finite, sum, count] not yet synced
 
     def update(self, step: StepInfo) -> None:
         self.n_steps += 1
         self.nfe += step.nfe
-        acc = step.accepted.detach().double().cpu()
+        acc = step.accepted.detach().double()
         self.accepted_per_sample = acc if self.accepted_per_sample is None else self.accepted_per_sample + acc
         if step.log_ratio is not None:
             self.adjusted = True
-            finite = torch.isfinite(step.log_ratio)
-            self.n_nonfinite += int((~finite).sum())
-            self.log_ratio_sum += float(step.log_ratio[finite].double().sum())
-            self.log_ratio_count += int(finite.sum())
+            log_ratio = step.log_ratio.detach().double()
+            finite = torch.isfinite(log_ratio)
+            sums = torch.stack([(~finite).sum().double(), torch.where(finite, log_ratio, 0.0).sum(),
+                                finite.sum().double()])
+            self._pending = sums if self._pending is None else self._pending + sums
+
+    def sync(self) -> None:
+        """Fold the device-side sums into the host statistics (one synchronisation)."""
+        if self._pending is not None:
+            n_nonfinite, total, count = self._pending.tolist()
+            self.n_nonfinite += int(n_nonfinite)
+            self.log_ratio_sum += total
+            self.log_ratio_count += int(count)
+            self._pending = None
+        if self.accepted_per_sample is not None:
+            self.accepted_per_sample = self.accepted_per_sample.cpu()
 
     def merge(self, other: ChainInfo, level: int | None = None) -> None:
         """Add another run's statistics (e.g. one level of an annealed run), recording its rate per level."""
+        self.sync()
+        other.sync()
         self.adjusted = self.adjusted or other.adjusted
         self.n_steps += other.n_steps
         self.nfe += other.nfe
@@ -165,6 +184,7 @@ class Kernel(ABC):
             for _ in range(int(n_steps)):
                 state, step_info = self.step(target, state, rng)
                 info.update(step_info)
+        info.sync()
         return state, info
 
     def _accept(self, log_ratio: Tensor, rng: RandomStream, like: Tensor) -> Tensor:

@@ -65,12 +65,18 @@ class PerSampleRandom:
         self.seed = int(seed)
         self.sample_ids = torch.as_tensor(sample_ids, dtype=torch.long).flatten()
         self.counter = 0
+        self._seed_key = int(_mix(torch.tensor(self.seed)))
+        self._keys: dict[torch.device, Tensor] = {}  # per device: the ids' keys, copied there once, not per draw
+
+    def _sample_keys(self, device: torch.device) -> Tensor:
+        if device not in self._keys:
+            self._keys[device] = _mix(self.sample_ids.to(device)[:, None] + self._seed_key)
+        return self._keys[device]
 
     def _bits(self, n_per_sample: int, device: torch.device) -> Tensor:
         """[B, n] hashed 62-bit integers for the next draw, then advance the draw counter."""
-        ids = self.sample_ids.to(device)[:, None]
         elems = torch.arange(n_per_sample, device=device)[None, :]
-        key = _mix(_mix(ids + _mix(torch.tensor(self.seed, device=device))) + self.counter)
+        key = _mix(self._sample_keys(device) + self.counter)
         self.counter += 1
         return _mix(key + _mix(elems + 0x5851F42D4C957F2D))
 
