@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-fast demo demo-images table1 lint bench clean
+.PHONY: setup test test-fast demo demo-images table1 lint bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m lit_mcmc.benchmarks.samplers
+
+# Training ms/step and guided sampling samples/s of the paper's CIFAR networks per precision, compiled or not (GPU).
+bench-gpu: $(STAMP)
+	$(PY) -m lit_mcmc.benchmarks.gpu --out runs/bench/gpu
 
 # The 2D product experiment (Table 1) at a reduced budget: < 10 min on 2 cores. See README "Results".
 demo: $(STAMP)

@@ -69,3 +69,23 @@ def test_adm_benchmark_counts_the_imagenet_configs_evaluations(tmp_path):
     # one guided evaluation per level for Reverse; the chain's start plus 2 steps of 3 leapfrog + 6 curve nodes
     assert [r["nfe_per_level"] for r in rows] == [1, evaluations_per_level(vars(hmc)), 1, 19]
     assert all(r["samples_per_s_full_run"] > 0 for r in rows)
+
+
+def test_gpu_benchmark_small_runs_on_cpu_and_counts_the_configs_evaluations(tmp_path):
+    from lit_mcmc.benchmarks.gpu import ROWS, sampler_config
+    from lit_mcmc.benchmarks.gpu import main as gpu_main
+    from lit_mcmc.experiments.jobs import evaluations_per_level
+
+    levels = 3
+    table = gpu_main(["--small", "--levels", str(levels), "--repeats", "1", "--out", str(tmp_path / "gpu")])
+    saved = json.loads((tmp_path / "gpu.json").read_text())
+    assert [(r["model"], r["precision"]) for r in saved["training"]] == [
+        (model, precision) for precision in ("fp32", "bf16") for model in ("score", "energy", "classifier")]
+    assert all(r["ms_per_step"] > 0 for r in saved["training"])
+    rows = saved["sampling"]
+    assert [(r["sampler"], r["precision"]) for r in rows] == [
+        (row, precision) for precision in ("fp32", "bf16") for row in ROWS]
+    for r in rows:  # the first reverse step, then per level the chain's evaluations
+        assert r["nfe_per_sample"] == 1 + (levels - 1) * evaluations_per_level(vars(sampler_config(r["sampler"])))
+        assert r["samples_per_s"] > 0 and 0 < r["network_share"] <= 1
+    assert "samples/s" in table and "ms/step" in table

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_mcmc.compilation import compile_network
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.modules.diffusion import (
     PerRankNoise,
@@ -46,16 +47,21 @@ class NoisyClassifierModule(PerRankNoise, L.LightningModule):
         lr: Adam learning rate; ``warmup_steps`` of linear warm-up, then constant.
         weight_decay: Adam weight decay.
         seed: base seed of the timestep/noise stream (combined with the process rank).
+        compile: ``torch.compile`` the network for training.
     """
 
     def __init__(self, net: nn.Module, schedule: ScheduleConfig | None = None, lr: float = 2e-4,
-                 warmup_steps: int = 0, weight_decay: float = 0.0, seed: int = 0) -> None:
+                 warmup_steps: int = 0, weight_decay: float = 0.0, seed: int = 0, compile: bool = False) -> None:
         super().__init__()
         check_optimizer_args(lr, warmup_steps, weight_decay)
         self.save_hyperparameters(ignore=net_hparams_ignore(self, net))
         self.schedule_config = schedule or ScheduleConfig()
         self.schedule: NoiseSchedule = self.schedule_config.build()
         self.net = net
+
+    def configure_model(self) -> None:
+        if self.hparams.get("compile", False):
+            compile_network(self)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Logits [B, n_classes] for x at network time t (LongTensor [B])."""
@@ -104,16 +110,21 @@ class ClassifierModule(L.LightningModule):
         lr: Adam learning rate; ``warmup_steps`` of linear warm-up, then constant.
         weight_decay: Adam weight decay.
         label_smoothing: the cross-entropy's label smoothing in training, in [0, 1).
+        compile: ``torch.compile`` the network for training.
     """
 
     def __init__(self, net: nn.Module, lr: float = 2e-4, warmup_steps: int = 0, weight_decay: float = 0.0,
-                 label_smoothing: float = 0.0) -> None:
+                 label_smoothing: float = 0.0, compile: bool = False) -> None:
         super().__init__()
         check_optimizer_args(lr, warmup_steps, weight_decay)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing} must lie in [0, 1)")
         self.save_hyperparameters(ignore=net_hparams_ignore(self, net))
         self.net = net
+
+    def configure_model(self) -> None:
+        if self.hparams.get("compile", False):
+            compile_network(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits [B, n_classes] for images in [−1, 1]."""

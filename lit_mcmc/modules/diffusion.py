@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from lit_mcmc.compilation import compile_network
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.nets.energy import EnergyForm, EnergyNet
 from lit_mcmc.samplers import AnnealedSampler
@@ -112,12 +113,15 @@ class DiffusionModule(PerRankNoise, L.LightningModule):
         weight_decay: Adam weight decay.
         sample_shape: shape of one sample (e.g. [2] or [3, 32, 32]); needed by :meth:`generate_samples`.
         seed: base seed of the timestep/noise stream (combined with the process rank).
+        compile: ``torch.compile`` the network for training (score models; an energy model's double backward
+            cannot be compiled, so it stays eager with a warning). Mixed precision is ``trainer.precision``
+            (e.g. bf16-mixed).
     """
 
     def __init__(self, net: nn.Module, schedule: ScheduleConfig | None = None,
                  parameterization: Parameterization = "score", energy_form: EnergyForm = "sqdist",
                  lr: float = 1e-3, warmup_steps: int = 0, weight_decay: float = 0.0,
-                 sample_shape: list[int] | None = None, seed: int = 0) -> None:
+                 sample_shape: list[int] | None = None, seed: int = 0, compile: bool = False) -> None:
         super().__init__()
         if parameterization not in ("score", "energy"):
             raise ValueError(f"model.parameterization={parameterization!r} is not one of ['score', 'energy']")
@@ -127,6 +131,10 @@ class DiffusionModule(PerRankNoise, L.LightningModule):
         self.schedule: NoiseSchedule = self.schedule_config.build()
         self.parameterization = parameterization
         self.net = EnergyNet(net, energy_form) if parameterization == "energy" else net
+
+    def configure_model(self) -> None:
+        if self.hparams.get("compile", False):
+            compile_network(self, training_energy=self.parameterization == "energy")
 
     # ----- the loss -----------------------------------------------------------------------------------------
 

@@ -24,8 +24,9 @@ def check_timesteps(t: Tensor, batch_size: int, n_steps: int) -> None:
             f"timesteps t must have shape [B] = [{batch_size}] to match the batch of x, got {list(t.shape)}"
         )
     # The value check reads t on the host: on an accelerator that is a sync per network call on the sampling hot
-    # path, so it runs on CPU only (on CUDA an out-of-range index still fails, with a device-side assert).
-    if t.numel() > 0 and t.device.type == "cpu":
+    # path, and in a compiled network a graph break, so it runs eagerly on CPU only (an out-of-range index still
+    # fails in the embedding lookup, with a device-side assert on CUDA).
+    if t.numel() > 0 and t.device.type == "cpu" and not torch.compiler.is_compiling():
         t_min, t_max = int(t.min()), int(t.max())
         if t_min < 0 or t_max >= n_steps:
             raise ValueError(
