@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 
-from callbacks.sample_writer import SampleWriter, find_writer
+from callbacks.sample_writer import SampleWriter, find_writer, scored_samples
 from lit_mcmc.metrics.images import quantize, to_uint8
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -33,6 +33,8 @@ INCEPTION_FEATURE_NAME = "inception-v3-pool3"
 
 class SampleMetricCallback(Callback, ABC):
     """Base for callbacks that score generated images [B, C, H, W] in [-1, 1].
+
+    A latent model's decoded ``images`` (beside its ``samples``) are what is scored.
 
     ``predict`` with a ``SampleWriter`` listed before this callback: global rank zero scores the writer's merged
     samples (all of them, also those of earlier, interrupted runs) and hands the values to the writer, which
@@ -97,7 +99,7 @@ class SampleMetricCallback(Callback, ABC):
                 f"{type(self).__name__} reads outputs['samples'] from predict_step, which returned {found}; "
                 "return a dict with 'samples' (images in [-1, 1]) and 'labels'"
             )
-        self._update(outputs["samples"], outputs.get("labels"))
+        self._update(scored_samples(outputs), outputs.get("labels"))
 
     def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         writer = find_writer(trainer)
@@ -121,7 +123,7 @@ class SampleMetricCallback(Callback, ABC):
         if merged is None:
             raise RuntimeError(f"{type(self).__name__} scores the merged samples: list SampleWriter before it")
         self._reset()
-        samples, labels = torch.from_numpy(merged["samples"]), merged.get("labels")
+        samples, labels = torch.from_numpy(scored_samples(merged)), merged.get("labels")
         for start in range(0, len(samples), chunk):
             batch_labels = None if labels is None else torch.from_numpy(labels[start:start + chunk])
             self._update(samples[start:start + chunk].to(pl_module.device), batch_labels)

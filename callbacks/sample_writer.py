@@ -50,7 +50,8 @@ class SampleWriter(BasePredictionWriter):
     """Writes each predict batch as ``<output_dir>/shards/shard_<first>_<last>.npz`` the moment it is done.
 
     At the end of the epoch rank 0 merges all shards (from this run and any earlier, interrupted ones) into
-    ``samples.npz`` (``samples`` N×…, ``indices``, ``accept_rate`` per sample) in index order, and
+    ``samples.npz`` (``samples`` N×…, ``indices``, ``accept_rate`` per sample; ``images`` too for latent models,
+    the decoded samples in [−1, 1], which the image grid and the metric callbacks then use) in index order, and
     ``stats.json`` (acceptance overall and per level, NFE per sample, timings). ``output_dir`` defaults to the
     trainer's ``default_root_dir``.
     """
@@ -86,6 +87,8 @@ class SampleWriter(BasePredictionWriter):
             n_nonfinite=np.array(prediction["n_nonfinite"]),
             seconds=np.array(prediction["seconds"]),
             **({"labels": prediction["labels"].cpu().numpy()} if prediction.get("labels") is not None else {}),
+            **({"images": prediction["images"].detach().float().cpu().numpy()}
+               if prediction.get("images") is not None else {}),
         )
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -95,7 +98,8 @@ class SampleWriter(BasePredictionWriter):
         trainer.strategy.barrier()
 
     def merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        """Merge the shards into samples.npz and stats.json; returns {"samples", "indices", "stats"}."""
+        """Merge the shards into samples.npz and stats.json; returns {"samples", "indices", "labels", "images",
+        "stats"} ("labels" and "images" None when the samples have none)."""
         out = self.resolve_dir(trainer)
         shards = [s for s in map(read_shard, shard_paths(out)) if s is not None]
         if not shards:
@@ -113,11 +117,12 @@ class SampleWriter(BasePredictionWriter):
         samples = np.concatenate([s["samples"] for s in shards])[order]
         accept = np.concatenate([s["accept_rate"] for s in shards])[order]
         labels = np.concatenate([s["labels"] for s in shards])[order] if "labels" in shards[0] else None
-        extra = {"labels": labels} if labels is not None else {}
+        images = np.concatenate([s["images"] for s in shards])[order] if "images" in shards[0] else None
+        extra = {name: value for name, value in (("labels", labels), ("images", images)) if value is not None}
         atomic_save_npz(out / "samples.npz", samples=samples, indices=indices, accept_rate=accept, **extra)
         stats = self._stats(shards, indices, accept, pl_module)
         atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
-        return {"samples": samples, "indices": indices, "labels": labels, "stats": stats}
+        return {"samples": samples, "indices": indices, "labels": labels, "images": images, "stats": stats}
 
     @staticmethod
     def _check_complete(indices: np.ndarray, n_samples: int, shards: Path) -> None:
@@ -154,7 +159,8 @@ class SampleWriter(BasePredictionWriter):
             if hasattr(experiment, "add_scalar"):
                 for level, rate in stats["accept_rate_per_level"].items():
                     experiment.add_scalar("sampler/accept_rate_per_level", rate, int(level))
-                picture = sample_picture(self.merged["samples"], stats.get("sampler") or "samples")  # type: ignore[index]
+                shown = scored_samples(self.merged)  # type: ignore[arg-type]
+                picture = sample_picture(shown, stats.get("sampler") or "samples")
                 if isinstance(picture, np.ndarray):
                     experiment.add_image("samples", picture, 0, dataformats="CHW")
                 elif picture is not None:
@@ -207,6 +213,12 @@ def sample_picture(samples: np.ndarray, title: str) -> Any:
         grid = make_grid(torch.from_numpy(samples[:64]), nrow=8, normalize=True, value_range=(-1, 1))
         return grid.numpy()
     return None
+
+
+def scored_samples(outputs: dict[str, Any]) -> Any:
+    """What image metrics and pictures look at: the decoded ``images`` of a latent model, else the ``samples``."""
+    images = outputs.get("images")
+    return images if images is not None else outputs["samples"]
 
 
 def find_writer(trainer: L.Trainer) -> SampleWriter | None:

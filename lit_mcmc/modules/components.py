@@ -27,7 +27,7 @@ ROLES = ("diffusion", "classifier", "clean_classifier")
 PRETRAINED_ROLE = {"adm": "diffusion", "adm_classifier": "classifier", "diffusers": "diffusion"}
 ADM_FIELDS = ("config", "use_fp16")
 DIFFUSERS_FIELDS = ("subfolder", "torch_dtype", "variant", "prompts", "weights", "embeddings", "regions", "canvas",
-                    "normalize", "prediction_type")
+                    "normalize", "prediction_type", "class_labels")
 
 
 @dataclass
@@ -53,7 +53,9 @@ class ComponentConfig:
     prompt product ε(∅) + Σᵢ wᵢ(ε(cᵢ) − ε(∅)); with ``regions`` (``{top, left, size, prompt(s), weight(s)}``) on
     a ``canvas`` [H, W] the tapestry (``normalize``: average where regions overlap); otherwise the UNet alone
     (the empty prompt for a text-conditional one). Prompts are encoded with the pipeline's tokenizer and text
-    encoder at setup, or read from ``embeddings`` (a file saved with torch.save: {prompt: [L, D]}, "" included).
+    encoder at setup, or read from ``embeddings`` (a file saved with torch.save: {prompt: [L, D]}, "" included;
+    relative to ``checkpoint_root``). A class-conditional UNet (``class_labels`` input) generates sample i of a
+    predict run from class ``class_labels[i % len(class_labels)]`` (composition kind: single).
     """
 
     checkpoint: str | None = None
@@ -74,6 +76,7 @@ class ComponentConfig:
     regions: list[dict[str, Any]] | None = None
     canvas: list[int] | None = None
     normalize: bool | None = None
+    class_labels: list[int] | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in ("checkpoint", "analytic", "pretrained") if getattr(self, k) is not None]
@@ -157,6 +160,12 @@ class ComponentConfig:
             given = [k for k in ("canvas", "normalize") if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"{key}.{given[0]} applies only to a tapestry ({key}.regions): remove it")
+        if self.class_labels is not None:
+            if not self.class_labels or any(not isinstance(y, int) or y < 0 for y in self.class_labels):
+                raise ValueError(f"{key}.class_labels must be a non-empty list of classes >= 0, got "
+                                 f"{self.class_labels}")
+            if self.prompts is not None or self.regions is not None:
+                raise ValueError(f"{key}.class_labels applies to a class-conditional UNet, not to prompts or regions")
         if self.embeddings is not None and self.prompts is None and self.regions is None:
             raise ValueError(f"{key}.embeddings holds prompt embeddings, but there are no prompts or regions")
 
@@ -265,21 +274,21 @@ def load_diffusers(name: str, spec: ComponentConfig, root: Path) -> LoadedCompon
         prompts = [p for region in spec.region_specs() for p in region.prompts]  # type: ignore[union-attr]
     prompt_table = None
     if prompts is not None or adapter.is_text_conditional(pipeline.unet):
-        prompt_table = _prompt_table(path, spec, prompts or [], key)
+        prompt_table = _prompt_table(path, root, spec, prompts or [], key)
     component = adapter.DiffusersComponent(pipeline.unet, pipeline.vae)
     make_target = adapter.target_factory(pipeline.unet, spec.prediction_type or pipeline.prediction_type or "epsilon",
                                          prompt_table, spec.prompts, spec.weights, spec.region_specs(), spec.canvas,
-                                         bool(spec.normalize))
+                                         bool(spec.normalize), spec.class_labels)
     return LoadedComponent(component, schedule, make_target, component.decode if pipeline.vae is not None else None)
 
 
-def _prompt_table(path: Path, spec: ComponentConfig, prompts: list[str], key: str) -> dict[str, Tensor]:
+def _prompt_table(path: Path, root: Path, spec: ComponentConfig, prompts: list[str], key: str) -> dict[str, Tensor]:
     """{prompt: embedding} for "" and ``prompts``: from the embeddings file, else encoded once with the pipeline's
     tokenizer and text encoder (which are then dropped: sampling needs only the embeddings)."""
     from lit_mcmc.pretrained import diffusers as adapter
 
     if spec.embeddings is not None:
-        return adapter.read_prompt_embeddings(_resolve(spec.embeddings, path), prompts, f"{key}.embeddings")
+        return adapter.read_prompt_embeddings(_resolve(spec.embeddings, root), prompts, f"{key}.embeddings")
     tokenizer, text_encoder = adapter.load_text_encoder(path, spec.torch_dtype, f"{key}.path")
     return adapter.encode_prompts(tokenizer, text_encoder, prompts)
 
