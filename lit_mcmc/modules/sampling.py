@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from lit_mcmc.compilation import compile_network
 from lit_mcmc.compose import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
@@ -21,11 +22,14 @@ from lit_mcmc.compose import (
 )
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.modules.components import ComponentConfig, load_component
+from lit_mcmc.precision import Precision, check_precision, float32_matmul, with_precision
 from lit_mcmc.samplers import AnnealedSampler, PerSampleRandom, SamplerConfig
 from lit_mcmc.targets import Target
 
 COMPOSITIONS = ("single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance",
-                "reconstruction_guidance")
+                "reconstruction_guidance", "prompt_product", "tapestry")
+# Compositions made inside one diffusers component (its prompts / regions), with the component key that defines them.
+PROMPT_COMPOSITIONS = {"prompt_product": "prompts", "tapestry": "regions"}
 GUIDED = ("classifier_guidance", "classifier_free_guidance", "reconstruction_guidance")
 # Compositions guided by a classifier component, with the role it must have.
 CLASSIFIER_ROLE = {"classifier_guidance": "classifier", "reconstruction_guidance": "clean_classifier"}
@@ -39,7 +43,8 @@ class CompositionConfig:
     models or analytic parts), "classifier_guidance" (the product of ``parts`` times p_φ(y | x_t)^``scale``, with
     the noisy classifier component named by ``classifier``), "classifier_free_guidance" (parts
     [conditional, unconditional], weights (``scale``, 1 − ``scale``)), or "reconstruction_guidance" (one part times
-    p(y | x̂_0(x_t))^``scale`` with the clean classifier named by ``classifier`` applied to the Tweedie estimate).
+    p(y | x̂_0(x_t))^``scale`` with the clean classifier named by ``classifier`` applied to the Tweedie estimate),
+    "prompt_product" or "tapestry" (one ``pretrained: diffusers`` part whose ``prompts`` / ``regions`` define it).
 
     ``mh_scale`` (classifier guidance only) is the classifier's weight in the MH test (null: ``scale``; 1.0
     reproduces the reference code, ALGORITHMS.md §11.9). With either classifier: sample i is guided towards class
@@ -48,7 +53,7 @@ class CompositionConfig:
     """
 
     kind: Literal["single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance",
-                  "reconstruction_guidance"] = "product"
+                  "reconstruction_guidance", "prompt_product", "tapestry"] = "product"
     parts: list[str] = field(default_factory=list)
     weights: list[float] | None = None
     alpha: float = 0.3
@@ -66,6 +71,9 @@ class CompositionConfig:
             raise ValueError(f"{key}.scale must be set for kind={self.kind!r} (the guidance weight, e.g. 20)")
         if self.kind not in GUIDED and self.scale is not None:
             raise ValueError(f"{key}.scale applies only to kinds {list(GUIDED)} (kind is {self.kind!r}): remove it")
+        if self.kind in PROMPT_COMPOSITIONS and self.weights is not None:
+            raise ValueError(f"{key}.weights does not apply to kind={self.kind!r}: the prompt weights are the "
+                             f"diffusers component's (model.components.<name>.weights, or each region's)")
         if self.kind != "classifier_guidance" and self.mh_scale is not None:
             raise ValueError(f"{key}.mh_scale applies only to kind='classifier_guidance' (kind is {self.kind!r}): "
                              "remove it")
@@ -101,8 +109,10 @@ class SamplingModule(L.LightningModule):
 
     Every sample's randomness is keyed by (``seed``, its global index), and so is its class label under classifier
     guidance, so the samples do not depend on the batch size, the number of processes, or interruptions.
-    ``predict_step`` returns a dict with ``samples``, ``indices``, the per-sample MCMC statistics and, under
-    classifier guidance only, ``labels`` (LongTensor [B], the class each sample was guided towards).
+    ``predict_step`` returns a dict with ``samples``, ``indices`` and the per-sample MCMC statistics; under
+    classifier guidance or with a class-conditional model's ``class_labels`` also ``labels`` (LongTensor [B], the
+    class each sample was generated for), and for latent models (a diffusers pipeline with a VAE) ``images``, the
+    samples decoded, in [−1, 1].
 
     Args:
         components: named models (checkpoints, analytic targets or published models; guidance classifiers with
@@ -115,14 +125,23 @@ class SamplingModule(L.LightningModule):
         schedule: noise schedule for analytic components; with checkpoints it must match theirs (or be null).
         respace: sample on this many evenly spaced levels of that schedule (improved-diffusion respacing; the
             networks still see their training levels); null samples every level.
+        precision: how network calls run: "fp32" (strict IEEE), "tf32" (float32 with TensorFloat-32 products on
+            GPUs that have them), "bf16" or "fp16" (autocast). Positions, momenta, quadrature sums, log-ratios and
+            accept decisions are float32 in every case. ``trainer.precision``'s mixed modes do not reach the
+            sampler (its autocast is switched off inside ``predict_step``: this setting decides), and its "-true"
+            modes, which would cast the chains themselves, are an error.
+        compile: ``torch.compile`` the component networks (fixed shapes: one compilation per batch size).
     """
 
     def __init__(self, components: dict[str, ComponentConfig], composition: CompositionConfig,
                  sampler: SamplerConfig, sample_shape: list[int], seed: int = 0, checkpoint_root: str = ".",
-                 schedule: ScheduleConfig | None = None, respace: int | None = None) -> None:
+                 schedule: ScheduleConfig | None = None, respace: int | None = None, precision: Precision = "tf32",
+                 compile: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._check_names(components, composition)  # before loading anything: config errors come first
+        check_precision(precision, "model.precision")
+        self.precision: Precision = precision
         self.sampler_config = sampler
         self.composition = composition
         self.sample_shape = list(sample_shape)
@@ -132,6 +151,8 @@ class SamplingModule(L.LightningModule):
         for name, component in loaded.items():
             if component.module is not None:
                 self.models[name] = component.module
+                if compile:
+                    compile_network(component.module)
         schedules = {name: c.schedule for name, c in loaded.items() if c.schedule is not None}
         self.schedule = self._common_schedule(schedules, schedule)
         if respace is not None:
@@ -147,7 +168,9 @@ class SamplingModule(L.LightningModule):
             self.target: Target = self._classifier_guidance(parts, composition)
         else:
             self.target = self._compose(parts, composition)
-        self.sampler = sampler.build(self.target, self.schedule)
+        self.sampler = sampler.build(with_precision(self.target, precision), self.schedule)
+        decoders = [loaded[n].decoder for n in parts if loaded[n].decoder is not None]
+        self.decoder = decoders[0] if decoders else None  # latent models: predict_step also returns images
 
     @staticmethod
     def _check_names(components: dict[str, ComponentConfig], spec: CompositionConfig) -> None:
@@ -178,6 +201,16 @@ class SamplingModule(L.LightningModule):
         elif classifiers:
             raise ValueError(f"components {classifiers} are classifiers, which only kinds {list(CLASSIFIER_ROLE)} "
                              "use; remove them or change model.composition.kind")
+        labelled = [n for n, c in components.items() if getattr(c, "class_labels", None) is not None]
+        if labelled and (spec.kind != "single" or (spec.parts or diffusion) != labelled):
+            raise ValueError(f"model.components.{labelled[0]}.class_labels (per-sample classes of a class-conditional "
+                             "UNet) needs model.composition.kind: single with that component as the only part")
+        if spec.kind in PROMPT_COMPOSITIONS:
+            names = spec.parts or diffusion
+            field = PROMPT_COMPOSITIONS[spec.kind]
+            if len(names) != 1 or getattr(components[names[0]], field) is None:
+                raise ValueError(f"model.composition.kind={spec.kind!r} needs one part, a pretrained: diffusers "
+                                 f"component with '{field}' (model.components.<name>.{field}); got parts {names}")
 
     @staticmethod
     def _common_schedule(schedules: dict[str, NoiseSchedule], config: ScheduleConfig | None) -> NoiseSchedule:
@@ -197,7 +230,7 @@ class SamplingModule(L.LightningModule):
     def _compose(parts: dict[str, Target], spec: CompositionConfig) -> Target:
         names = spec.parts or list(parts)
         chosen = [parts[n] for n in names]
-        if spec.kind == "single":
+        if spec.kind in ("single", *PROMPT_COMPOSITIONS):  # a prompt composition is its component's own target
             if len(chosen) != 1:
                 raise ValueError(f"model.composition.kind='single' needs one part, got {names}")
             return chosen[0]
@@ -247,9 +280,13 @@ class SamplingModule(L.LightningModule):
         return int(logits.shape[1])
 
     def labels_for(self, indices: Tensor) -> Tensor | None:
-        """The class each sample is guided towards (None without classifier guidance); a function of the index."""
+        """The class each sample is guided towards or conditioned on (None without classifier guidance or a
+        class-conditional model's ``class_labels``); a function of the index."""
         if self.composition.kind not in CLASSIFIER_ROLE:
-            return None
+            cycle = getattr(self.target, "label_cycle", None)  # a class-conditional diffusers UNet
+            if cycle is None:
+                return None
+            return torch.tensor(cycle, dtype=torch.long, device=indices.device)[indices % len(cycle)]
         if self.composition.labels is not None:
             cycle = torch.tensor(self.composition.labels, dtype=torch.long, device=indices.device)
             return cycle[indices % len(cycle)]
@@ -259,27 +296,36 @@ class SamplingModule(L.LightningModule):
         if self.trainer.predict_loop.inference_mode:
             raise RuntimeError("MCMC sampling needs input gradients, which torch.inference_mode forbids: set "
                                "trainer.inference_mode: false (the lit-mcmc CLI does this by default)")
+        trainer_precision = str(self.trainer.precision)
+        if trainer_precision.endswith("-true") and trainer_precision != "32-true":
+            raise ValueError(f"trainer.precision={trainer_precision} would cast the chains and the MH arithmetic; "
+                             "sampling keeps them float32: set trainer.precision: 32-true and model.precision (bf16, "
+                             "fp16, tf32 or fp32) for the networks")
 
     def _sampler_for(self, labels: Tensor | None) -> AnnealedSampler:
         if labels is None:
             return self.sampler
-        assert isinstance(self.target, LabelledGuidance)
-        return self.sampler_config.build(self.target.with_labels(labels), self.schedule)
+        assert isinstance(self.target, LabelledGuidance) or hasattr(self.target, "with_labels")
+        target = self.target.with_labels(labels)  # type: ignore[attr-defined]
+        return self.sampler_config.build(with_precision(target, self.precision), self.schedule)
 
     def report_hparams(self) -> dict[str, Any]:
         """The sampler's hyper-parameters plus the composition's and the number of levels (stats.json, TensorBoard's
         HParams view)."""
         spec = self.composition
         extra = {"composition": spec.kind, "guidance_scale": spec.scale, "mh_scale": spec.mh_scale,
-                 "levels": self.schedule.T}  # fewer than the models' when respaced
+                 "levels": self.schedule.T,  # fewer than the models' when respaced
+                 "precision": self.precision, "compile": self.hparams.get("compile", False)}
         return {**self.sampler_config.hparams(), **{k: "none" if v is None else v for k, v in extra.items()}}
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any]:
         indices = torch.as_tensor(batch, dtype=torch.long)
         labels = self.labels_for(indices.to(self.device))
         start = time.perf_counter()
-        samples, info = self._sampler_for(labels).sample((len(indices), *self.sample_shape),
-                                                         PerSampleRandom(self.seed, indices), device=self.device)
+        # Lightning's mixed-precision autocast stays off here: self.precision alone decides the networks' precision.
+        with torch.autocast(self.device.type, enabled=False), float32_matmul(self.precision):
+            samples, info = self._sampler_for(labels).sample((len(indices), *self.sample_shape),
+                                                             PerSampleRandom(self.seed, indices), device=self.device)
         output = {
             "indices": indices.cpu(),
             "samples": samples,
@@ -292,4 +338,6 @@ class SamplingModule(L.LightningModule):
         }
         if labels is not None:
             output["labels"] = labels.cpu()
+        if self.decoder is not None:
+            output["images"] = self.decoder(samples)
         return output
