@@ -89,3 +89,18 @@ def test_gpu_benchmark_small_runs_on_cpu_and_counts_the_configs_evaluations(tmp_
         assert r["nfe_per_sample"] == 1 + (levels - 1) * evaluations_per_level(vars(sampler_config(r["sampler"])))
         assert r["samples_per_s"] > 0 and 0 < r["network_share"] <= 1
     assert "samples/s" in table and "ms/step" in table
+
+
+def test_diffusers_benchmark_small_counts_the_configs_evaluations(tmp_path):
+    from lit_mcmc.benchmarks.diffusers import main as diffusers_main
+    from lit_mcmc.benchmarks.diffusers import sampler_configs
+    from lit_mcmc.experiments.jobs import evaluations_per_level
+
+    levels = 2
+    diffusers_main(["--small", "--levels", str(levels), "--batch", "1", "--out", str(tmp_path / "sd")])
+    rows = json.loads((tmp_path / "sd.json").read_text())["rows"]
+    configs = sampler_configs()
+    assert [r["sampler"] for r in rows] == list(configs) == ["Reverse", "HMC-2-curve"]
+    for r in rows:
+        assert r["nfe_per_sample"] == 1 + (levels - 1) * evaluations_per_level(vars(configs[r["sampler"]]))
+        assert r["samples_per_s"] > 0
