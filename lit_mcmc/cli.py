@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 from jsonargparse import Namespace
 from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -64,11 +65,19 @@ class LitMCMCCLI(LightningCLI):
         # jsonargparse's union-type dump with a traceback. LIT_MCMC_DEBUG=1 keeps the traceback.
         try:
             super().instantiate_classes()
-        except (ValueError, FileNotFoundError, TypeError) as err:
-            if os.environ.get("LIT_MCMC_DEBUG"):
-                raise
-            print(f"lit-mcmc: error: {concise_error(err)}", file=sys.stderr)
-            raise SystemExit(2) from None
+        except MisconfigurationException as err:  # Lightning's: the accelerator, devices or strategy
+            exit_with_one_line(err, f"trainer: {concise_error(err)} (check trainer.accelerator, trainer.devices and "
+                                    "trainer.strategy against this machine)")
+        except (*USER_ERRORS, TypeError) as err:
+            exit_with_one_line(err, concise_error(err))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # The same for mistakes found once the run starts (inside Lightning's hooks): inference mode on, an
+        # accelerator or strategy that this machine lacks, a metric callback given too few samples, ...
+        try:
+            super()._run_subcommand(subcommand)
+        except USER_ERRORS as err:
+            exit_with_one_line(err, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
 
     def after_instantiate_classes(self) -> None:
         # Checkpoints land in <default_root_dir>/checkpoints (not a per-version folder), so later runs find them.
@@ -76,6 +85,18 @@ class LitMCMCCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
                 callback.dirpath = str(root / "checkpoints")
+
+
+# What a wrong config, a missing or bad file, or a setting this machine cannot honour raise: reported as one line.
+USER_ERRORS = (ValueError, FileNotFoundError, MisconfigurationException)
+
+
+def exit_with_one_line(err: BaseException, message: str) -> NoReturn:
+    """``lit-mcmc: error: <message>`` on stderr and exit status 2; ``LIT_MCMC_DEBUG=1`` re-raises (full traceback)."""
+    if os.environ.get("LIT_MCMC_DEBUG"):
+        raise err
+    print(f"lit-mcmc: error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def pin_tensorboard_version(trainer: Namespace, version: str) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_mcmc.checkpoints import check_readable
 from lit_mcmc.compilation import compile_network
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.modules.diffusion import (
@@ -177,5 +178,6 @@ def load_classifier(checkpoint: str) -> ClassifierModule:
     if not path.is_file():
         raise FileNotFoundError(f"classifier checkpoint not found: {path}. Train one with `lit-mcmc fit` (e.g. "
                                 "configs/cifar100/train_eval_classifier.yaml) and set `checkpoint` to its last.ckpt")
+    check_readable(path, "checkpoint")
     module = ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     return module.eval().requires_grad_(False)

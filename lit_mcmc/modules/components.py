@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from lit_mcmc.checkpoints import check_readable
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule
 from lit_mcmc.modules.diffusion import DiffusionModule
@@ -221,18 +222,25 @@ def load_checkpoint(name: str, spec: ComponentConfig, root: Path) -> LoadedCompo
             f"or set {key} (relative paths start at model.checkpoint_root)")
     module_class = {"diffusion": DiffusionModule, "classifier": NoisyClassifierModule,
                     "clean_classifier": ClassifierModule}[spec.role]
+    check_readable(path, key)
     try:
         module = module_class.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except KeyError as err:
-        raise ValueError(f"{key}={str(path)!r} is not a `lit-mcmc fit` checkpoint of a {module_class.__name__} "
-                         f"(missing {err}); published ADM files load with pretrained: adm / adm_classifier") from None
-    except ValueError as err:  # e.g. a classifier checkpoint given the diffusion role, or the reverse
-        raise ValueError(f"{key}={str(path)!r} does not load as a {module_class.__name__} "
-                         f"(model.components.{name}.role={spec.role!r}; is the role right?): {err}") from None
+    except (KeyError, ValueError) as err:
+        raise _load_error(err, key, path, module_class.__name__, name, spec.role) from None
     module.eval().requires_grad_(False)  # sampling needs input gradients only
     schedule = None if spec.role == "clean_classifier" else module.schedule  # a clean classifier has no levels
     make_target = module.target if spec.role == "diffusion" else None
     return LoadedComponent(module, schedule, make_target)
+
+
+def _load_error(err: KeyError | ValueError, key: str, path: Path, module: str, name: str, role: str) -> ValueError:
+    """A readable file that is not a checkpoint of the module the role needs."""
+    if isinstance(err, KeyError):
+        return ValueError(f"{key}={str(path)!r} is not a `lit-mcmc fit` checkpoint of a {module} (missing {err}); "
+                          "published ADM files load with pretrained: adm / adm_classifier")
+    # e.g. a classifier checkpoint given the diffusion role, or the reverse
+    return ValueError(f"{key}={str(path)!r} does not load as a {module} (model.components.{name}.role={role!r}; is "
+                      f"the role right?): {err}")
 
 
 def load_analytic(name: str, spec: ComponentConfig, root: Path) -> LoadedComponent:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_mcmc.assets import shared_path
+from lit_mcmc.checkpoints import read_checkpoint
 
 RESNET20_WEIGHTS_FILE = "cifar10_resnet20-12fca82f.th"
 RESNET20_SOURCE = (
@@ -144,7 +145,7 @@ def load_resnet20(weights_path: str | Path | None = None) -> NormalizedClassifie
             f"ResNet-20 weights not found at {path}: the file {RESNET20_WEIGHTS_FILE} comes from "
             f"{RESNET20_SOURCE}. Put it there or set the config key `weights_path` to its location."
         )
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path, "weights_path")
     state_dict = checkpoint.get("state_dict", checkpoint)
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     net = resnet20(n_classes=10)

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
+from lit_mcmc.checkpoints import read_checkpoint
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # torchvision's RegNet_X_8GF_Weights.IMAGENET1K_V2 preset: ImageClassification(crop_size=224, resize_size=232)
@@ -129,7 +131,7 @@ def _weights_origin(arch: str) -> str:
 
 
 def _read_state_dict(path: Path, arch: str) -> dict[str, Tensor]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path, "weights")
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping) or not all(isinstance(v, Tensor) for v in checkpoint.values()):

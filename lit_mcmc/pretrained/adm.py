@@ -8,14 +8,13 @@ not fit is an error naming the first missing and unexpected keys instead of a si
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lit_mcmc.checkpoints import read_checkpoint
 from lit_mcmc.diffusion import NoiseSchedule
 from lit_mcmc.nets.adm import ADMEncoderClassifier, ADMUNet
 
@@ -84,12 +83,7 @@ def default_schedule(config: str | dict[str, Any]) -> NoiseSchedule:
 
 def read_state_dict(path: Path, key: str) -> dict[str, torch.Tensor]:
     """A state dict from a checkpoint file (a plain state dict, or a dict holding one under ``state_dict``)."""
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{key}={str(path)!r} is not a readable PyTorch checkpoint of tensors ({reason[:200]}); "
-                         "check that the file is complete and is the published one") from None
+    loaded = read_checkpoint(path, key)
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{key}={str(path)!r} holds no state dict of tensors (got {type(loaded).__name__})")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lit_mcmc.checkpoints import read_checkpoint
 from lit_mcmc.diffusion import NoiseSchedule
 from lit_mcmc.targets import DensityTarget, Evaluation
 
@@ -402,7 +403,7 @@ def read_prompt_embeddings(path: Path, prompts: Sequence[str], key: str) -> dict
                                 "torch.save(lit_mcmc.pretrained.diffusers.encode_prompts(tokenizer, text_encoder, "
                                 "prompts), path), or remove the key to encode the prompts with the pipeline's "
                                 "text encoder")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_checkpoint(path, key)
     texts = list(dict.fromkeys(["", *prompts]))
     if isinstance(saved, Tensor):
         if saved.dim() != 3 or saved.shape[0] != len(texts):
