@@ -21,6 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lit_mcmc.data.toy2d  # noqa: F401  (registers DataModule subclasses for class_path resolution)
 from lit_mcmc.data.indices import SampleIndexDataModule
+from lit_mcmc.modules.diffusion import TrainingDiverged
 
 
 class ConciseArgumentParser(LightningArgumentParser):
@@ -56,6 +57,7 @@ class LitMCMCCLI(LightningCLI):
             init = data["init_args"]
             if init.get("output_dir") is None:
                 init["output_dir"] = config.trainer.default_root_dir or "."
+        use_default_tensorboard_logger(config.trainer)  # no hp_metric placeholder in HPARAMS
         job_id = SLURMEnvironment.job_id()  # None outside SLURM and in interactive sessions (several runs per job)
         if job_id is not None:
             pin_tensorboard_version(config.trainer, f"slurm_{job_id}")
@@ -88,7 +90,7 @@ class LitMCMCCLI(LightningCLI):
 
 
 # What a wrong config, a missing or bad file, or a setting this machine cannot honour raise: reported as one line.
-USER_ERRORS = (ValueError, FileNotFoundError, MisconfigurationException)
+USER_ERRORS = (ValueError, FileNotFoundError, MisconfigurationException, TrainingDiverged)
 
 
 def exit_with_one_line(err: BaseException, message: str) -> NoReturn:
@@ -97,6 +99,15 @@ def exit_with_one_line(err: BaseException, message: str) -> NoReturn:
         raise err
     print(f"lit-mcmc: error: {message}", file=sys.stderr)
     raise SystemExit(2) from None
+
+
+def use_default_tensorboard_logger(trainer: Namespace) -> None:
+    """Lightning's default logger (TensorBoard in ``default_root_dir/lightning_logs``) made explicit, without its
+    ``hp_metric`` placeholder: a fit run then writes no HParams session, a predict run only the SampleWriter's."""
+    if trainer.get("logger") in (None, True):
+        trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                                   init_args=Namespace(save_dir=trainer.get("default_root_dir") or ".",
+                                                       default_hp_metric=False))
 
 
 def pin_tensorboard_version(trainer: Namespace, version: str) -> None:

@@ -76,3 +76,19 @@ def test_mistakes_found_inside_lightning_are_one_line(tmp_path, capsys, restore_
     code, err = run_cli(["predict", "--config", str(TOY2D / "sample_oracle_hmc.yaml"), "--trainer.default_root_dir",
                          str(tmp_path), *SMALL, *args], capsys)
     assert code == 2 and message in one_error_line(err)
+
+
+def test_diverging_training_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path, capsys,
+                                                                                   restore_environ):
+    """lr = 1e30: the first Adam step blows the weights up, the next loss overflows. Training stops there, names the
+    step, and the checkpoint written before it holds finite weights."""
+    code, err = run_cli(["fit", "--config", str(TOY2D / "train_gmm_score.yaml"), "--trainer.default_root_dir",
+                         str(tmp_path), "--trainer.max_steps", "20", "--trainer.enable_progress_bar", "false",
+                         "--data.init_args.batch_size", "64", "--data.init_args.steps_per_epoch", "1",
+                         "--model.init_args.lr", "1e30"], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "training diverged at step" in line and str(tmp_path / "checkpoints") in line
+    step = int(line.split("training diverged at step ")[1].split(":")[0])
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 1 <= checkpoint["global_step"] <= step
+    assert all(torch.isfinite(v).all() for v in checkpoint["state_dict"].values() if v.is_floating_point())

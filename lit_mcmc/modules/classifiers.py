@@ -16,6 +16,7 @@ from lit_mcmc.compilation import compile_network
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.modules.diffusion import (
     PerRankNoise,
+    StopOnDivergence,
     adam_with_warmup,
     check_optimizer_args,
     net_hparams_ignore,
@@ -34,7 +35,7 @@ def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     return (logits.argmax(dim=1) == labels).float().mean()
 
 
-class NoisyClassifierModule(PerRankNoise, L.LightningModule):
+class NoisyClassifierModule(StopOnDivergence, PerRankNoise, L.LightningModule):
     """Trains p_φ(y | x_t, t) with the cross-entropy on x_t = √ᾱ_t x_0 + σ_t ε, t ~ U{0..T−1} (guidance classifiers).
 
     Timesteps and noise come from a per-rank stream saved in checkpoints (as in
@@ -98,7 +99,7 @@ class NoisyClassifierModule(PerRankNoise, L.LightningModule):
                                 self.hparams.weight_decay)
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(StopOnDivergence, L.LightningModule):
     """A clean classifier p(y | x) on images in [−1, 1], for evaluating generated images (accuracy, feature FID).
 
     Logs ``train/loss``, ``train/acc``, ``val/loss`` (without label smoothing) and ``val/acc``. ``features(x)``

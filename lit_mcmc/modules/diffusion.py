@@ -96,7 +96,31 @@ class PerRankNoise:
         self._generator = None
 
 
-class DiffusionModule(PerRankNoise, L.LightningModule):
+class TrainingDiverged(ArithmeticError):
+    """Training produced a non-finite loss or gradient; the weights were not updated with it."""
+
+
+class StopOnDivergence:
+    """Mixin for training modules: a non-finite gradient (from a non-finite loss, or an overflow) stops training
+    before the optimiser applies it, so no NaN weights are ever written and the last checkpoint stays the last good
+    one. (Under fp16 loss scaling, non-finite gradients are expected and skipped by the scaler: no check then.)"""
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        trainer = self.trainer  # type: ignore[attr-defined]
+        if str(trainer.precision).startswith("16"):
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads or bool(torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).sum())):
+            return
+        checkpoint = getattr(trainer.checkpoint_callback, "dirpath", None)
+        kept = f"; the last good checkpoint is in {checkpoint}" if checkpoint else ""
+        raise TrainingDiverged(
+            f"training diverged at step {trainer.global_step}: the loss or its gradients are not finite, and the "
+            f"weights were not updated{kept}. Lower model.lr or set trainer.gradient_clip_val, then resume with "
+            "--ckpt_path")
+
+
+class DiffusionModule(StopOnDivergence, PerRankNoise, L.LightningModule):
     """Trains ε̂(x_t, t) with the DDPM loss E‖ε − ε̂(√ᾱ_t x_0 + σ_t ε, t)‖² (mean over all elements).
 
     With ``parameterization="energy"`` the network f is wrapped as E = ‖f(x,t) − x‖² (or ½‖f‖²) and ε̂ = ∇ₓE is
