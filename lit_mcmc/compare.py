@@ -2,10 +2,13 @@
 
 A run is a directory holding the ``stats.json`` that ``lit-mcmc predict`` writes (and usually ``metrics.json``).
 Arguments may be run directories, directories that contain runs at any depth, or glob patterns
-(``'runs/toy2d/samples/*hmc*'``). The table has one row per run: its name, the sampler and its key
-hyper-parameters, acceptance rate, NFE per sample, throughput and wall time, then every quality metric found in
-any run's ``metrics.json`` ("–" where a run lacks it). ``--sort w2`` orders rows by a column (runs without it
-last), ``--format csv`` writes CSV (empty cells where missing) instead of Markdown.
+(``'runs/toy2d/samples/*hmc*'``). The table is TensorBoard's HPARAMS table in the terminal: one row per run, its
+name, then the hyper-parameters in HPARAMS' column order (sampler, model, step size, K, composition, ...; see
+:mod:`lit_mcmc.report`), then the metrics with the same headers (the quality metrics, then acceptance, NFE per
+sample, samples/s, non-finite log-ratios, ...; "–" where a run lacks one). Hyper-parameters that are the same in
+every run are listed once above the table instead of as columns (sampler and model always stay columns).
+``--sort w2`` orders rows by a column key (runs without it last), ``--format csv`` writes CSV with the column keys
+as header, every hyper-parameter, and empty cells where missing.
 """
 
 from __future__ import annotations
@@ -18,12 +21,36 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HPARAM_COLUMNS = ("kernel", "correction", "n_points", "step", "n_steps", "n_leapfrog", "damping")
-STATS_COLUMNS = ("accept_rate", "nfe_per_sample", "samples_per_second", "wall_seconds")
+from lit_mcmc.report import (
+    ALWAYS_SHOWN,
+    HPARAM_COLUMNS,
+    QUALITY_METRICS,
+    Column,
+    metric_columns,
+    run_hparams,
+    run_metrics,
+)
+
+RUN = Column("run", "run")
 MISSING = "–"
+
+
+@dataclass
+class Comparison:
+    """The table: its columns (run, hyper-parameters that differ, metrics), one row per run, and the
+    hyper-parameters every run shares."""
+
+    columns: list[Column]
+    rows: list[dict[str, Any]]
+    shared: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[str]:
+        return [column.key for column in self.columns]
 
 
 def find_runs(patterns: Sequence[str]) -> list[Path]:
@@ -50,88 +77,86 @@ def run_names(runs: Sequence[Path]) -> list[str]:
     return [str(run.relative_to(common)) for run in runs]
 
 
-def step_label(hparams: dict[str, Any]) -> Any:
-    """The step size: the constant, or ``a·β^b`` for a β-power schedule; None for the reverse sampler."""
-    if present(hparams.get("step_size")):
-        return hparams["step_size"]
-    if present(hparams.get("step_a")):
-        return f"{hparams['step_a']:g}·β^{hparams.get('step_b', 1.0):g}"
-    return None
-
-
-def present(value: Any) -> bool:
-    """Whether a field holds a value (stats.json writes missing hyper-parameters as "none")."""
-    return value is not None and value != "none"
-
-
-def relevant_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """The key hyper-parameters that the run's kernel uses (a Langevin run has no leapfrog steps, ...)."""
-    kernel = hparams.get("kernel")
-    used = {"kernel"}
-    if kernel != "reverse":
-        used |= {"step", "n_steps"}
-    if kernel in ("mala", "hmc"):
-        used.add("correction")
-    if hparams.get("correction") in ("line", "curve"):
-        used.add("n_points")
-    if kernel in ("uhmc", "hmc"):
-        used |= {"n_leapfrog", "damping"}
-    values = {**hparams, "step": step_label(hparams)}
-    return {key: values.get(key) for key in HPARAM_COLUMNS if key in used}
-
-
 def load_row(run: Path, name: str) -> dict[str, Any]:
-    """One table row from a run's stats.json and (when present) metrics.json; absent fields are left out."""
+    """One row from a run's stats.json and (when present) metrics.json: its hyper-parameters and metrics."""
     stats = json.loads((run / "stats.json").read_text())
     metrics_path = run / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    row: dict[str, Any] = {"run": name, "sampler": stats.get("sampler"),
-                           **relevant_hparams(stats.get("hparams", {}))}
-    row.update({key: stats.get(key, metrics.get(key)) for key in STATS_COLUMNS})
-    row.update({key: value for key, value in metrics.items() if key not in row})
-    return {key: value for key, value in row.items() if present(value)}
+    return {"run": name, **run_hparams(stats), **run_metrics(stats, metrics)}
 
 
-def comparison(runs: Sequence[Path], sort: str | None = None, descending: bool = False,
-               ) -> tuple[list[str], list[dict[str, Any]]]:
-    """Columns (fixed ones, then the union of metric names in first-seen order) and one row per run."""
+def hparam_columns(rows: Sequence[dict[str, Any]]) -> tuple[list[Column], dict[str, Any]]:
+    """The hyper-parameter columns (those some run has, and whose value differs between runs or is missing in
+    some), and the ones every run shares, with their value."""
+    columns, shared = [], {}
+    for column in HPARAM_COLUMNS:
+        values = [row.get(column.key) for row in rows]
+        if all(value is None for value in values):
+            continue
+        if column.key not in ALWAYS_SHOWN and len(rows) > 1 and len({repr(v) for v in values}) == 1:
+            shared[column.key] = values[0]
+        else:
+            columns.append(column)
+    return columns, shared
+
+
+def metrics_of(rows: Sequence[dict[str, Any]]) -> list[Column]:
+    """The metric columns that some run has, in HPARAMS' order (quality metrics, sampler statistics, others)."""
+    hparams = {column.key for column in HPARAM_COLUMNS} | {"run"}
+    keys = [key for row in rows for key in row if key not in hparams]
+    quality = [column for column in QUALITY_METRICS if column.key in keys]
+    return [column for column in metric_columns(quality, keys) if column.key in keys]
+
+
+def comparison(runs: Sequence[Path], sort: str | None = None, descending: bool = False) -> Comparison:
+    """The comparison of ``runs``, rows ordered by column ``sort`` when given (runs without it last)."""
     rows = [load_row(run, name) for run, name in zip(runs, run_names(runs), strict=True)]
-    columns = ["run", "sampler", *HPARAM_COLUMNS, *STATS_COLUMNS]
-    for row in rows:
-        columns.extend(key for key in row if key not in columns)
+    hparams, shared = hparam_columns(rows)
+    table = Comparison([RUN, *hparams, *metrics_of(rows)], rows, shared)
     if sort is not None:
-        if sort not in columns:
-            raise ValueError(f"--sort {sort!r} is not a column; choose one of {columns}")
+        known = table.keys + list(shared)
+        if sort not in known:
+            raise ValueError(f"--sort {sort!r} is not a column; choose one of {known}")
         with_value = [row for row in rows if sort in row]
         with_value.sort(key=lambda row: sort_key(row[sort]), reverse=descending)
-        rows = with_value + [row for row in rows if sort not in row]
-    return columns, rows
+        table.rows = with_value + [row for row in rows if sort not in row]
+    return table
 
 
 def sort_key(value: Any) -> tuple[int, Any]:
-    # Numbers before text, so a column mixing both (e.g. "step") still sorts.
+    # Numbers before text, so a column mixing both still sorts.
     return (0, value) if isinstance(value, (int, float)) else (1, str(value))
 
 
 def cell(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
     return f"{value:.4g}"
 
 
-def to_markdown(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table; numbers to 4 significant digits, "–" where a run lacks a column."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(row[c]) if c in row else MISSING for c in columns) + " |" for row in rows]
+def to_markdown(table: Comparison) -> str:
+    """A line naming the shared hyper-parameters, then a Markdown table with HPARAMS' headers; numbers to 4
+    significant digits, "–" where a run lacks a column."""
+    lines = []
+    if table.shared:
+        lines += ["Same in every run: " + ", ".join(f"{k}={cell(v)}" for k, v in table.shared.items()), ""]
+    lines += ["| " + " | ".join(column.label for column in table.columns) + " |",
+              "|" + "|".join("---" for _ in table.columns) + "|"]
+    lines += ["| " + " | ".join(cell(row[key]) if key in row else MISSING for key in table.keys) + " |"
+              for row in table.rows]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
-    """CSV with full-precision numbers and empty cells where a run lacks a column."""
+def to_csv(table: Comparison) -> str:
+    """CSV with the column keys as header, every hyper-parameter (shared ones too), full-precision numbers and
+    empty cells where a run lacks a column."""
+    keys = [table.keys[0], *table.shared, *table.keys[1:]]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(columns), lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(table.rows)
     return out.getvalue()
 
 
@@ -139,15 +164,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m lit_mcmc.compare`` (console script ``lit-mcmc-compare``)."""
     parser = argparse.ArgumentParser(prog="lit-mcmc-compare", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directory, directory of runs, or glob")
-    parser.add_argument("--sort", help="column to order rows by, e.g. w2, fid, accept_rate, wall_seconds")
+    parser.add_argument("--sort", help="column key to order rows by, e.g. w2, fid, accept_rate, wall_seconds")
     parser.add_argument("--descending", action="store_true", help="largest first (e.g. for accuracies)")
     parser.add_argument("--format", choices=("md", "csv"), default="md", help="output format (default: md)")
     args = parser.parse_args(argv)
     try:
-        columns, rows = comparison(find_runs(args.runs), args.sort, args.descending)
+        table = comparison(find_runs(args.runs), args.sort, args.descending)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    sys.stdout.write((to_csv if args.format == "csv" else to_markdown)(columns, rows))
+    sys.stdout.write((to_csv if args.format == "csv" else to_markdown)(table))
 
 
 if __name__ == "__main__":

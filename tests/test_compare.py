@@ -1,4 +1,4 @@
-"""The run comparison table: run discovery, the columns, missing values, sorting and the two formats."""
+"""The run comparison table: run discovery, HPARAMS' columns, shared settings, missing values, sorting, formats."""
 
 from __future__ import annotations
 
@@ -12,16 +12,22 @@ from pathlib import Path
 import pytest
 
 from lit_mcmc.compare import comparison, find_runs, main, to_markdown
+from lit_mcmc.report import HPARAM_KEYS
 from lit_mcmc.samplers.config import SamplerConfig
 
 REPORTED = ("accept_rate", "nfe_per_sample", "samples_per_second", "wall_seconds")
-FIXED_COLUMNS = ["run", "sampler", "kernel", "correction", "n_points", "step", "n_steps", "n_leapfrog", "damping",
-                 *REPORTED]
+HPARAM_COLUMNS = ["sampler", "step_size", "n_steps", "step_a", "step_b", "n_leapfrog", "damping", "mass", "kernel",
+                  "correction", "n_points", "quadrature", "flip_on_reject", "carry_momentum", "reverse",
+                  "min_mcmc_level"]
+METRIC_COLUMNS = ["ll", "w2", "gmm", "r3_accuracy", "fid", *REPORTED]
 
 
 def write_run(path: Path, sampler: SamplerConfig, perf: tuple[float, float, float, float],
               metrics: dict[str, float] | None) -> None:
-    """A run directory as SampleWriter leaves it: stats.json, and metrics.json when metrics were computed."""
+    """A run directory as SampleWriter leaves it: stats.json, and metrics.json when metrics were computed.
+
+    The hyper-parameters are every field of the sampler config (as stats.json files written before issue 13
+    hold them): the table keeps those the kernel uses."""
     path.mkdir(parents=True)
     stats = {"sampler": sampler.name, "hparams": sampler.hparams(), "n_samples": 100,
              **dict(zip(REPORTED, perf, strict=True))}
@@ -65,46 +71,54 @@ def test_bad_run_dirs_are_named(tmp_path: Path, pattern: str, message: str, monk
         find_runs([pattern])
 
 
-def test_table_has_the_union_of_metrics_and_dashes_where_missing(runs: Path) -> None:
-    columns, rows = comparison(find_runs([str(runs)]))
-    # fixed columns, then metric names in the order first seen (runs in path order: images/, then toy/)
-    assert columns == [*FIXED_COLUMNS, "fid", "r3_accuracy", "w2", "gmm", "ll"]
-    table = to_markdown(columns, rows).splitlines()
-    assert table[0] == "| " + " | ".join(columns) + " |"
-    assert len(table) == 2 + 4
-    cells = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in table[2:]}
-    assert cells["toy/hmc_curve"] == ["toy/hmc_curve", "HMC-curve", "hmc", "curve", "0", "0.03", "10", "3", "0.5",
-                                      "0.8125", "4001", "250", "8", "–", "–", "0.05", "0.011", "-1.25"]
-    # β-power step size a·β^b; a Langevin kernel has no correction, quadrature points or leapfrog steps
-    assert cells["toy/ula"] == ["toy/ula", "U-LA", "ula", "–", "–", "0.01·β^0.5", "5", "–", "–",
-                                "1", "501", "1000", "2", "–", "–", "0.2", "0.031", "–"]
-    # no metrics.json: the stats columns still come from stats.json; no kernel hyper-parameters for Reverse
-    assert cells["toy/reverse"] == ["toy/reverse", "Reverse", "reverse", "–", "–", "–", "–", "–", "–",
-                                    "1", "100", "5000", "0.5", "–", "–", "–", "–", "–"]
-    assert cells["images/la_3_line"][:10] == ["images/la_3_line", "LA-3-line", "mala", "line", "3", "0.001", "2",
-                                              "–", "–", "0.5"]
-    assert cells["images/la_3_line"][-5:] == ["12.35", "0.9", "–", "–", "–"]  # 4 significant digits
+def test_columns_are_hparams_in_hparams_order_then_metrics(runs: Path) -> None:
+    table = comparison(find_runs([str(runs)]))
+    assert table.keys == ["run", *HPARAM_COLUMNS, *METRIC_COLUMNS]
+    # the same order as TensorBoard's HPARAMS columns
+    assert HPARAM_COLUMNS == [key for key in HPARAM_KEYS if key in HPARAM_COLUMNS]
+    # settings every run shares are said once, above the table
+    assert table.shared == {"reverse_variance": "beta", "n_samples": 100}
+    lines = to_markdown(table).splitlines()
+    assert lines[0] == "Same in every run: reverse_variance=beta, n_samples=100"
+    assert lines[2].startswith("| run | sampler | step_size | n_steps |")
+    assert lines[2].endswith("| LL ↑ | W2 ↓ | GMM ↓ | accuracy (R3) ↑ | FID ↓ | acceptance | NFE/sample | samples/s "
+                             "| wall s |")
+    cells = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in lines[4:]}
+    assert len(cells) == 4
+    assert cells["toy/hmc_curve"] == ["toy/hmc_curve", "HMC-curve", "0.03", "10", "–", "–", "3", "0.5", "1", "hmc",
+                                      "curve", "0", "trapezoid", "True", "False", "True", "0",
+                                      "-1.25", "0.05", "0.011", "–", "–", "0.8125", "4001", "250", "8"]
+    # β-power step size a·β^b; a Langevin kernel has no correction, quadrature nodes or leapfrog steps
+    assert cells["toy/ula"][:17] == ["toy/ula", "U-LA", "–", "5", "0.01", "0.5", "–", "–", "–", "ula", "–", "–", "–",
+                                     "–", "–", "True", "0"]
+    # no metrics.json: the sampler statistics still come from stats.json; no kernel settings for Reverse
+    assert cells["toy/reverse"][1:17] == ["Reverse", *["–"] * 7, "reverse", *["–"] * 7]
+    assert cells["images/la_3_line"][-9:] == ["–", "–", "–", "0.9", "12.35", "0.5", "1301", "12.5", "80"]
 
 
 def test_sort_puts_runs_without_the_column_last(runs: Path) -> None:
     found = find_runs([str(runs)])
-    _, rows = comparison(found, sort="w2")
+    rows = comparison(found, sort="w2").rows
     assert [row["run"] for row in rows] == ["toy/hmc_curve", "toy/ula", "images/la_3_line", "toy/reverse"]
-    _, rows = comparison(found, sort="w2", descending=True)
+    rows = comparison(found, sort="w2", descending=True).rows
     assert [row["run"] for row in rows][:2] == ["toy/ula", "toy/hmc_curve"]
-    _, rows = comparison(found, sort="wall_seconds")
-    assert [row["wall_seconds"] for row in rows] == [0.5, 2.0, 8.0, 80.0]
+    assert [row["wall_seconds"] for row in comparison(found, sort="wall_seconds").rows] == [0.5, 2.0, 8.0, 80.0]
     with pytest.raises(ValueError, match="--sort 'fdi' is not a column; choose one of .*'fid'"):
         comparison(found, sort="fdi")
 
 
-def test_csv_keeps_full_precision_and_leaves_missing_cells_empty(runs: Path,
+def test_csv_keeps_full_precision_every_hparam_and_empty_cells(runs: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     main([str(runs / "*" / "*"), "--format", "csv", "--sort", "fid"])
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [row["run"] for row in rows] == ["images/la_3_line", "toy/hmc_curve", "toy/reverse", "toy/ula"]
     assert rows[0]["fid"] == "12.34567" and rows[0]["w2"] == ""
-    assert rows[1]["step"] == "0.03" and rows[3]["step"] == "0.01·β^0.5"
+    assert rows[1]["step_size"] == "0.03" and rows[3]["step_a"] == "0.01" and rows[3]["n_samples"] == "100"
+
+
+def test_one_run_shows_all_its_settings(runs: Path) -> None:
+    table = comparison(find_runs([str(runs / "toy" / "ula")]))
+    assert table.shared == {} and "reverse_variance" in table.keys and "n_samples" in table.keys
 
 
 def test_command_line_errors_name_the_problem(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,4 +132,4 @@ def test_runs_as_a_module(runs: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "lit_mcmc.compare", str(runs / "toy" / "ula")],
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[2].startswith("| ula | U-LA | ula |")
+    assert result.stdout.splitlines()[2].startswith("| ula | U-LA | 5 | 0.01 | 0.5 | ula |")

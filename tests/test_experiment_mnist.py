@@ -28,7 +28,7 @@ def test_run_config_moves_every_path_under_out_and_applies_the_preset(tmp_path: 
         assert config["model"]["init_args"]["respace"] == smoke.respace
         assert config["data"]["init_args"]["n_samples"] == smoke.n_samples
     fit = run_config("train_energy", tmp_path, smoke)
-    assert fit["trainer"]["default_root_dir"] == str(tmp_path / "energy")
+    assert fit["trainer"]["default_root_dir"] == str(tmp_path / "train" / "energy")
     assert fit["trainer"]["max_steps"] == smoke.max_steps and fit["model"]["init_args"]["warmup_steps"] <= 3
     # the demo preset runs the configs as written
     demo = run_config("sample_score_hmc", tmp_path, PRESETS["demo"])
@@ -43,7 +43,7 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path: Path, capsys: pytest.Captu
     results = json.loads((tmp_path / "results.json").read_text())
     rows = {row["key"]: row for row in results["rows"]}
     assert list(rows) == [*PRESETS["smoke"].rows, "real"]
-    classifier = load_classifier(str(tmp_path / "eval_classifier" / "checkpoints" / "last.ckpt"))
+    classifier = load_classifier(str(tmp_path / "train" / "eval_classifier" / "checkpoints" / "last.ckpt"))
     for stem in PRESETS["smoke"].rows:
         row = rows[stem]
         assert row["n_samples"] == 12 and 0.0 <= row["r3_accuracy"] <= row["top1_accuracy"] + 1e-9 <= 1.0 + 1e-9

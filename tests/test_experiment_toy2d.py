@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lit_mcmc.experiments.toy2d import DASH, Preset, main, mean_std, row_cells, trained_models
+from lit_mcmc.report import read_hparams_sessions
 
 
 def test_mean_std_uses_population_std_and_paper_formats():
@@ -76,8 +77,12 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path: Path, capsys: pytest.Captu
     # 64 exact samples: LL ≈ 3.481 (per-sample std ≈ 1, so the mean's std ≈ 0.13); W2 and GMM well below the oracle's
     assert by_key["exact"]["mean"]["ll"] == pytest.approx(3.481, abs=0.6)
     assert 0 < by_key["exact"]["mean"]["w2"] < by_key["sample_score_reverse"]["mean"]["w2"]
-    assert (tmp_path / "trial_0" / "gmm_score" / "fit.log").is_file()
-    assert (tmp_path / "trial_0" / "samples" / "sample_oracle_hmc" / "predict.log").is_file()
+    assert (tmp_path / "train" / "trial_0" / "gmm_score" / "fit.log").is_file()
+    assert (tmp_path / "samples" / "trial_0" / "sample_oracle_hmc" / "predict.log").is_file()
+    # TensorBoard on OUT/samples: one HParams session per sampler row; the training runs write none
+    sessions = read_hparams_sessions(tmp_path)
+    assert len(sessions) == 3 and all(Path(s.run_dir).is_relative_to(tmp_path / "samples") for s in sessions)
+    assert {s.hparams["model"] for s in sessions} == {"gmm_score+bar_score", "toy2d_gmm+toy2d_bar"}
     assert matplotlib.image.imread(tmp_path / "figure.png").ndim == 3
     assert (tmp_path / "table.md").read_text() == text
 

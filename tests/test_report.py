@@ -8,10 +8,10 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from callbacks.sample_writer import SampleWriter
 from lit_mcmc.data.indices import SampleIndexDataModule
+from lit_mcmc.report import read_hparams_sessions
 from lit_mcmc.samplers import SamplerConfig
 
 
@@ -46,12 +46,13 @@ def test_hparams_metrics_curves_and_picture_reach_tensorboard(tmp_path):
 
     acc = EventAccumulator(str(tmp_path / "tb" / "v"), size_guidance={"tensors": 0, "images": 0, "scalars": 0})
     acc.Reload()
-    start = HParamsPluginData.FromString(acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content)
-    hparams = start.session_start_info.hparams
-    assert hparams["sampler"].string_value == "HMC-curve" and hparams["step_size"].number_value == 0.03
-    experiment = HParamsPluginData.FromString(acc.SummaryMetadata("_hparams_/experiment").plugin_data.content)
-    metric_tags = {info.name.tag for info in experiment.experiment.metric_infos}
-    assert {"metrics/w2", "metrics/accept_rate", "metrics/nfe_per_sample"} <= metric_tags
+    (session,) = read_hparams_sessions(tmp_path / "tb" / "v")
+    assert session.hparams["sampler"] == "HMC-curve" and session.hparams["step_size"] == 0.03
+    assert session.hparams["n_samples"] == 20 and "n_leapfrog" in session.hparams
+    # 2D samples: the 2D quality metrics are declared (columns) even where a run lacks one, then the sampler's
+    assert session.metric_tags[:5] == ["metrics/ll", "metrics/w2", "metrics/gmm", "metrics/accept_rate",
+                                       "metrics/nfe_per_sample"]
+    assert "metrics/n_nonfinite_log_ratios" in session.metric_tags
     assert [e.value for e in acc.Scalars("metrics/w2")] == [0.25]
     curve = {e.step: round(e.value, 6) for e in acc.Scalars("sampler/accept_rate_per_level")}
     assert curve == {0: 0.9, 1: 0.6}

@@ -3,15 +3,16 @@
 The CIFAR-100 experiment of the papers (classifier guidance, λ = 20, MCMC with and without MH correction; see
 ``configs/cifar100``) shrunk to MNIST: the four models of ``configs/mnist/train_*.yaml`` (score UNet, energy UNet,
 time-conditioned guidance classifier, clean evaluation classifier) are trained with ``lit-mcmc fit`` into
-``OUT/<model>``, then every sampler row ``configs/mnist/sample_*.yaml`` (1000 guided digits, sample i towards digit
-i % 10) runs with ``lit-mcmc predict`` into ``OUT/samples/<row>``. Each run is a subprocess with one torch thread,
+``OUT/train/<model>``, then every sampler row ``configs/mnist/sample_*.yaml`` (1000 guided digits, sample i towards
+digit i % 10) runs with ``lit-mcmc predict`` into ``OUT/samples/<row>``. Each run is a subprocess with one torch thread,
 ``--jobs`` at a time, longest first, with its log in its run directory and its config (the repo's, with paths
 under ``OUT``) in ``OUT/configs``. Finished runs are skipped and interrupted training resumes, so rerunning the
 command resumes.
 
 Outputs: ``OUT/table.md`` (accuracy of the evaluation classifier, FID in its pooled features against the 10 000
 t10k digits, MH acceptance, network evaluations per sample, sampling time), ``OUT/results.json`` and
-``OUT/grid.png`` (60 digits of every row: column d was guided towards digit d). ``--preset smoke`` is a
+``OUT/grid.png`` (60 digits of every row: column d was guided towards digit d). TensorBoard: ``tensorboard --logdir
+OUT/samples`` compares the sampler runs (HPARAMS), ``OUT/train`` holds the training curves. ``--preset smoke`` is a
 seconds-long version for tests. ``python -m lit_mcmc.experiments.mnist --help``.
 """
 
@@ -104,7 +105,7 @@ def write_config(config: dict[str, Any], path: Path) -> Path:
 
 
 def fit_job(out: Path, model: str, preset: Preset) -> Job:
-    """Training of ``model`` (e.g. "score") into ``out/<model>``; resumes from its last checkpoint."""
+    """Training of ``model`` (e.g. "score") into ``out/train/<model>``; resumes from its last checkpoint."""
     config = run_config(f"train_{model}", out, preset)
     run_dir = Path(config["trainer"]["default_root_dir"])
     max_steps = config["trainer"]["max_steps"]
@@ -112,7 +113,8 @@ def fit_job(out: Path, model: str, preset: Preset) -> Job:
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         command += ["--ckpt_path", str(last)]
-    return Job(model, command, run_dir, "fit.log", lambda: fit_done(run_dir, max_steps), max_steps * STEP_COST[model])
+    return Job(f"train/{model}", command, run_dir, "fit.log", lambda: fit_done(run_dir, max_steps),
+               max_steps * STEP_COST[model])
 
 
 def row_model(stem: str) -> str:
@@ -155,7 +157,7 @@ def real_digits_row(out: Path, n: int) -> dict[str, Any]:
     from lit_mcmc.metrics.images import r3_hits
     from lit_mcmc.modules.classifiers import load_classifier
 
-    classifier = load_classifier(str(out / "eval_classifier" / "checkpoints" / "last.ckpt"))
+    classifier = load_classifier(str(out / "train" / "eval_classifier" / "checkpoints" / "last.ckpt"))
     real = load_images("mnist", split="test")
     images = torch.stack([real[i][0] for i in range(len(real))])
     labels = real.labels

@@ -1,14 +1,15 @@
 """The 2D product experiment (Table 1; ALGORITHMS.md §7, §13 two_d_product) end to end through ``lit-mcmc``.
 
 Per trial k the four component models ({GMM, bar} × {score, energy}) are trained with ``lit-mcmc fit`` into
-``OUT/trial_k/<model>`` (seeds = the config's seed + k), then every sampler row runs with ``lit-mcmc predict`` into
-``OUT/trial_k/samples/<config stem>`` (sampler seed k). Each run is its own subprocess with one torch thread,
+``OUT/train/trial_k/<model>`` (seeds = the config's seed + k), then every sampler row runs with ``lit-mcmc predict``
+into ``OUT/samples/trial_k/<config stem>`` (sampler seed k). Each run is its own subprocess with one torch thread,
 ``--jobs`` at a time, longest first; its log is ``<run dir>/<fit|predict>.log``. A run whose outputs exist is
 skipped, and an unfinished training run resumes from its last checkpoint, so rerunning the command resumes.
 Rows: every score and energy sampler of Table 1, HMC on the analytic (oracle) scores, and a fresh set of exact
 product samples scored like the others (the floor). The mixture (second table) and the negation are run too and
 shown in the figure. Outputs: ``OUT/table.md``, ``OUT/results.json``, ``OUT/figure.png``; TensorBoard logs in each
-run dir (``tensorboard --logdir OUT``). ``python -m lit_mcmc.experiments.toy2d --help``.
+run dir: ``tensorboard --logdir OUT/samples`` compares the sampler runs (HPARAMS: one row per run),
+``tensorboard --logdir OUT/train`` shows the training curves. ``python -m lit_mcmc.experiments.toy2d --help``.
 
 Presets (overrides of the paper configs in ``configs/toy2d``):
 
@@ -21,6 +22,9 @@ Presets (overrides of the paper configs in ``configs/toy2d``):
   the 0.999 EMA that sampling uses (0.999^3000 ≈ 5 %).
 - ``smoke`` (tests): hidden 16, 1 block, 30 steps of batch 128, 64 samples, K=1; score Reverse, score HMC-curve
   and oracle rows only (so only the two score models are trained).
+- ``study`` (``make study2d``, with ``--trials 5``): when the MH correction matters — samplers at the papers' ε and
+  at ε tuned to a target acceptance, unadjusted twins at the tuned steps, U-HMC with the reference code's level
+  coverage; the demo's models, 300 samples per row (``lit_mcmc/experiments/study2d.py``).
 
 Costs measured on the 2-core machine (CPU time of one thread): ~10 s of start-up (imports) per run; a training
 step takes 111 / 308 ms (score / energy model) at the paper's hidden 128 and batch 2000, 11 / 28 ms at the
@@ -134,16 +138,29 @@ PRESETS = {
                    rows=tuple(s for s in SAMPLE_CONFIGS if not s.endswith("_8_line"))),
     "smoke": Preset(hidden=16, n_blocks=1, batch_size=128, max_steps=30, n_samples=64, sampler_steps=1,
                     rows=("sample_score_reverse", "sample_score_hmc_curve", "sample_oracle_hmc")),
+    # The MH-correction study (experiments/study2d.py, its own rows): the demo's models, 300 samples per row.
+    "study": Preset(hidden=32, batch_size=500, max_steps=3000, n_samples=300, rows=()),
 }
 
 
 # ----- jobs ------------------------------------------------------------------------------------------------------
 
+def train_dir(out: Path, trial: int) -> Path:
+    """Where the component models of ``trial`` are trained (the sampling runs' checkpoint_root)."""
+    return out / "train" / f"trial_{trial}"
+
+
+def samples_dir(out: Path, trial: int) -> Path:
+    """Where the sampler rows of ``trial`` run: apart from training, so TensorBoard's HPARAMS on
+    ``out/samples`` lists sampler runs only."""
+    return out / "samples" / f"trial_{trial}"
+
+
 def fit_job(out: Path, trial: int, model: str, preset: Preset) -> Job:
-    """Training of component ``model`` (e.g. "gmm_score") for ``trial`` into ``out/trial_<k>/<model>``."""
+    """Training of component ``model`` (e.g. "gmm_score") for ``trial`` into ``out/train/trial_<k>/<model>``."""
     config = load_config(f"train_{model}")
     seed = str(config["seed_everything"] + trial)
-    run_dir = out / f"trial_{trial}" / model
+    run_dir = train_dir(out, trial) / model
     max_steps = preset.max_steps or config_value(config, FIT_KEYS["max_steps"])
     command = cli_command("fit", "--config", str(CONFIGS / f"train_{model}.yaml"),
                           "--trainer.default_root_dir", str(run_dir), "--seed_everything", seed,
@@ -152,8 +169,8 @@ def fit_job(out: Path, trial: int, model: str, preset: Preset) -> Job:
     if last.is_file():  # an interrupted run continues where it stopped
         command += ["--ckpt_path", str(last)]
     cost = max_steps * EVALUATION_COST[model.split("_")[1]]
-    return Job(f"trial_{trial}/{model}", command, run_dir, "fit.log", functools.partial(fit_done, run_dir, max_steps),
-               cost)
+    return Job(str(run_dir.relative_to(out)), command, run_dir, "fit.log",
+               functools.partial(fit_done, run_dir, max_steps), cost)
 
 
 def metrics_distribution(config: dict[str, Any]) -> str | None:
@@ -177,16 +194,16 @@ def row_model(stem: str) -> str:
 
 
 def predict_job(out: Path, trial: int, stem: str, preset: Preset) -> Job:
-    """Sampler row ``stem`` (a sample config) for ``trial`` into ``out/trial_<k>/samples/<stem>``."""
+    """Sampler row ``stem`` (a sample config) for ``trial`` into ``out/samples/trial_<k>/<stem>``."""
     config = load_config(stem)
-    run_dir = out / f"trial_{trial}" / "samples" / stem
+    run_dir = samples_dir(out, trial) / stem
     command = cli_command("predict", "--config", str(CONFIGS / f"{stem}.yaml"),
-                          "--model.init_args.checkpoint_root", str(out / f"trial_{trial}"),
+                          "--model.init_args.checkpoint_root", str(train_dir(out, trial)),
                           "--trainer.default_root_dir", str(run_dir), "--model.init_args.seed", str(trial),
                           *preset.overrides(PREDICT_KEYS))
     outputs = ("samples.npz", "stats.json", *(("metrics.json",) if metrics_distribution(config) else ()))
     cost = evaluations_per_level(config["model"]["init_args"]["sampler"]) * EVALUATION_COST[row_model(stem)]
-    return Job(f"trial_{trial}/samples/{stem}", command, run_dir, "predict.log",
+    return Job(str(run_dir.relative_to(out)), command, run_dir, "predict.log",
                functools.partial(predict_done, run_dir, outputs), cost)
 
 
@@ -224,7 +241,7 @@ def collect(out: Path, stems: Sequence[str], trials: int, n_samples: int) -> lis
     """One record per row: key, model, sampler, adjusted, distribution, per-trial numbers, their mean and std."""
     rows = []
     for stem in stems:
-        runs = [read_run(out / f"trial_{k}" / "samples" / stem) for k in range(trials)]
+        runs = [read_run(samples_dir(out, k) / stem) for k in range(trials)]
         rows.append({"key": stem, "model": row_model(stem), "sampler": runs[0]["sampler"],
                      "adjusted": runs[0]["adjusted"], "distribution": metrics_distribution(load_config(stem)),
                      "trials": runs})
@@ -301,7 +318,7 @@ def plot_figure(out: Path, rows: Sequence[dict[str, Any]], reference: np.ndarray
     panels = [("exact product (target)", reference)]
     for row in rows:
         if row["key"] != EXACT:
-            samples = np.load(out / "trial_0" / "samples" / row["key"] / "samples.npz")["samples"]
+            samples = np.load(samples_dir(out, 0) / row["key"] / "samples.npz")["samples"]
             kind = {"mixture": "mixture, ", None: "negation, "}.get(row["distribution"], "")
             panels.append((f"{row['model']}: {kind}{row['sampler']}", samples))
     n_cols = 5
@@ -331,6 +348,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> str:
     """Runs the experiment and returns (and prints) the table with its caption."""
     args = parse_args(argv)
+    if args.preset == "study":  # its own rows, phases and table
+        from lit_mcmc.experiments.study2d import run_study
+
+        return run_study(args)
     preset = PRESETS[args.preset]
     out = (args.out or Path("runs") / args.preset).resolve()
     stems = [s for s in SAMPLE_CONFIGS if preset.rows is None or s in preset.rows]
