@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import matplotlib
@@ -22,8 +23,11 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_mcmc.data.indices import read_shard, shard_name, shard_paths
+from lit_mcmc.report import quality_family, run_hparams, run_metrics, write_hparams_session
+from lit_mcmc.samplers.diagnostics import degenerate_report
 
 
 def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
@@ -37,6 +41,30 @@ def atomic_save_npz(path: Path, **arrays: np.ndarray) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def expected_bytes(datamodule: Any, pl_module: L.LightningModule) -> int:
+    """A lower bound on what a predict run writes: every sample twice (its shard and samples.npz), in float32."""
+    n_samples = getattr(datamodule, "n_samples", None)
+    shape = getattr(pl_module, "sample_shape", None)
+    if n_samples is None or shape is None:
+        return 0
+    return 2 * 4 * int(n_samples) * int(np.prod(shape))
+
+
+def check_output_dir(directory: Path, needed_bytes: int) -> None:
+    """A clear error before sampling starts if ``directory`` cannot be written or lacks the space ``needed_bytes``."""
+    try:
+        (directory / "shards").mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory / "shards", prefix=".probe_"):
+            pass
+    except OSError as err:
+        raise OSError(f"the output directory {directory} (trainer.default_root_dir, or the SampleWriter's output_dir) "
+                      f"cannot be written: {err.strerror or err}") from None
+    free = shutil.disk_usage(directory).free
+    if free < needed_bytes:
+        raise OSError(f"the output directory {directory} has {free / 2**20:.0f} MiB free, but the run writes at least "
+                      f"{needed_bytes / 2**20:.0f} MiB: free space or choose another trainer.default_root_dir")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -54,11 +82,19 @@ class SampleWriter(BasePredictionWriter):
     the decoded samples in [−1, 1], which the image grid and the metric callbacks then use) in index order, and
     ``stats.json`` (acceptance overall and per level, NFE per sample, timings). ``output_dir`` defaults to the
     trainer's ``default_root_dir``.
+
+    Broken-down sampling is never silent: levels the sampler flags as degenerate are listed in ``stats.json``
+    (``degenerate_levels``), warned about once per range of levels, and marked in TensorBoard; samples with
+    non-finite values are counted and their indices listed (``nonfinite_samples: flag``), or a batch holding any is
+    refused with an error (``nonfinite_samples: refuse``).
     """
 
-    def __init__(self, output_dir: str | None = None) -> None:
+    def __init__(self, output_dir: str | None = None, nonfinite_samples: Literal["flag", "refuse"] = "flag") -> None:
         super().__init__(write_interval="batch")
+        if nonfinite_samples not in ("flag", "refuse"):
+            raise ValueError(f"nonfinite_samples={nonfinite_samples!r} is not one of ['flag', 'refuse']")
         self.output_dir = output_dir
+        self.nonfinite_samples = nonfinite_samples
         self.merged: dict[str, Any] | None = None
         self.metrics: dict[str, float] = {}
         self._start = 0.0
@@ -70,13 +106,31 @@ class SampleWriter(BasePredictionWriter):
         self._start = time.perf_counter()
         self.merged = None
         self.metrics = {}
+        check_output_dir(self.resolve_dir(trainer), expected_bytes(getattr(trainer, "datamodule", None), pl_module))
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         indices = prediction["indices"].numpy()
         levels = sorted(prediction["accept_rate_per_level"])
+        path = self.resolve_dir(trainer) / "shards" / shard_name(indices)
+        if self.nonfinite_samples == "refuse":
+            broken = ~torch.isfinite(prediction["samples"].detach().flatten(1)).all(1).cpu()
+            if bool(broken.any()):
+                raise ValueError(f"{int(broken.sum())} samples of batch {path.stem} are not finite (e.g. index "
+                                 f"{int(indices[broken.numpy()][0])}); not written, as the SampleWriter's "
+                                 "nonfinite_samples is 'refuse'. A diverged model or too large steps: see "
+                                 "stats.json's degenerate_levels of a run with nonfinite_samples: flag")
+        try:
+            self._write_shard(path, indices, levels, prediction)
+        except OSError as err:  # the partial file is gone (atomic write): this batch is simply not done
+            raise OSError(f"could not write {path}: {err.strerror or err}. Nothing of this batch was kept; free space "
+                          "or fix the output directory (trainer.default_root_dir), then rerun the same command to "
+                          "resume") from None
+
+    @staticmethod
+    def _write_shard(path: Path, indices: np.ndarray, levels: list[int], prediction: dict[str, Any]) -> None:
         atomic_save_npz(
-            self.resolve_dir(trainer) / "shards" / shard_name(indices),
+            path,
             indices=indices,
             samples=prediction["samples"].detach().float().cpu().numpy(),
             accept_rate=prediction["accept_rate"].numpy(),
@@ -85,6 +139,9 @@ class SampleWriter(BasePredictionWriter):
             levels=np.array(levels, dtype=np.int64),
             level_accept_rate=np.array([prediction["accept_rate_per_level"][lvl] for lvl in levels]),
             n_nonfinite=np.array(prediction["n_nonfinite"]),
+            level_quadrature_error=np.array([prediction.get("quadrature_error_per_level", {}).get(lvl, np.nan)
+                                             for lvl in levels], dtype=np.float64),
+            **level_health_arrays(prediction),
             seconds=np.array(prediction["seconds"]),
             **({"labels": prediction["labels"].cpu().numpy()} if prediction.get("labels") is not None else {}),
             **({"images": prediction["images"].detach().float().cpu().numpy()}
@@ -121,7 +178,10 @@ class SampleWriter(BasePredictionWriter):
         extra = {name: value for name, value in (("labels", labels), ("images", images)) if value is not None}
         atomic_save_npz(out / "samples.npz", samples=samples, indices=indices, accept_rate=accept, **extra)
         stats = self._stats(shards, indices, accept, pl_module)
+        stats.update(health_stats(shards, indices, samples, stats["accept_rate_per_level"],
+                                  getattr(pl_module, "sampler_config", None)))
         atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
+        warn_broken_sampling(stats)
         return {"samples": samples, "indices": indices, "labels": labels, "images": images, "stats": stats}
 
     @staticmethod
@@ -148,17 +208,26 @@ class SampleWriter(BasePredictionWriter):
         self._log_tensorboard(trainer, stats, record)
 
     def _log_tensorboard(self, trainer: L.Trainer, stats: dict[str, Any], record: dict[str, Any]) -> None:
-        numeric = {f"metrics/{k}": float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        metrics = run_metrics(stats, record)  # sampler statistics and quality metrics (lit_mcmc.report's columns)
+        hparams = run_hparams(stats)  # what distinguishes this run from other sampler runs
+        quality = quality_family(scored_samples(self.merged).shape[1:])  # type: ignore[arg-type]
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):  # writes the metric scalars with the HParams session
-                logger.log_hyperparams(stats.get("hparams", {}), numeric)
+            if isinstance(logger, TensorBoardLogger):  # one HParams session with every metric declared
+                write_hparams_session(logger.experiment, hparams, metrics, quality)
             else:
-                logger.log_hyperparams(stats.get("hparams", {}))
-                logger.log_metrics(numeric, step=0)
+                logger.log_hyperparams(hparams)
+                logger.log_metrics({f"metrics/{k}": v for k, v in metrics.items()}, step=0)
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_scalar"):
                 for level, rate in stats["accept_rate_per_level"].items():
                     experiment.add_scalar("sampler/accept_rate_per_level", rate, int(level))
+                # the tuned ε per level next to the acceptance, and the quadrature error estimate
+                for tag, key in (("step_size", "step_sizes"), ("quadrature_error", "quadrature_error_per_level")):
+                    for level, value in stats.get(key, {}).items():
+                        experiment.add_scalar(f"sampler/{tag}_per_level", value, int(level))
+                for level in stats.get("nonfinite_sample_share_per_level", {}):  # 1 marks a degenerate level
+                    experiment.add_scalar("sampler/degenerate_per_level",
+                                          float(level in stats.get("degenerate_levels", {})), int(level))
                 shown = scored_samples(self.merged)  # type: ignore[arg-type]
                 picture = sample_picture(shown, stats.get("sampler") or "samples")
                 if isinstance(picture, np.ndarray):
@@ -188,6 +257,8 @@ class SampleWriter(BasePredictionWriter):
             "accept_rate_per_level": {str(k): level_sums[k] / level_counts[k] for k in sorted(level_sums)},
             "nfe_per_sample": float(np.mean([float(s["nfe"]) for s in shards])),
             "n_nonfinite_log_ratios": int(sum(int(s["n_nonfinite"]) for s in shards)),
+            **quadrature_error_stats(shards),
+            **step_table_stats(getattr(pl_module, "step_table_record", None)),
             "sampling_seconds": sampling_seconds,
             "samples_per_second": len(indices) / sampling_seconds if sampling_seconds > 0 else None,
             "wall_seconds": time.perf_counter() - self._start,
@@ -195,6 +266,83 @@ class SampleWriter(BasePredictionWriter):
 
 
 REPORTED_STATS = ("accept_rate", "nfe_per_sample", "wall_seconds", "samples_per_second")
+
+
+def per_level_mean(shards: list[dict[str, np.ndarray]], levels_key: str, values_key: str) -> dict[str, float]:
+    """A per-level value averaged over shards weighted by their samples (non-finite entries, and shards written
+    before the value was recorded, left out), keyed by the level as a string (as stats.json holds it)."""
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    for s in shards:
+        if values_key not in s:
+            continue
+        for level, value in zip(s[levels_key].tolist(), s[values_key].tolist(), strict=True):
+            if np.isfinite(value):
+                sums[level] = sums.get(level, 0.0) + value * len(s["indices"])
+                counts[level] = counts.get(level, 0) + len(s["indices"])
+    return {str(k): sums[k] / counts[k] for k in sorted(sums)}
+
+
+def quadrature_error_stats(shards: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The line/curve correction's quadrature error estimate |Q − Q_low| per level (sample-weighted over shards)
+    and its mean over levels; empty without such a correction (or for shards written before it was recorded)."""
+    per_level = per_level_mean(shards, "levels", "level_quadrature_error")
+    if not per_level:
+        return {}
+    return {"quadrature_error_mean": float(np.mean(list(per_level.values()))), "quadrature_error_per_level": per_level}
+
+
+def level_health_arrays(prediction: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The shard's per-level shares of non-finite samples and log-ratios (when the sampler recorded them)."""
+    samples = prediction.get("nonfinite_sample_share_per_level")
+    if not samples:
+        return {}
+    levels = sorted(samples)
+    log_ratios = prediction.get("nonfinite_log_ratio_share_per_level", {})
+    return {"health_levels": np.array(levels, dtype=np.int64),
+            "level_nonfinite_samples": np.array([samples[lvl] for lvl in levels], dtype=np.float64),
+            "level_nonfinite_log_ratios": np.array([log_ratios.get(lvl, 0.0) for lvl in levels], dtype=np.float64)}
+
+
+def health_stats(shards: list[dict[str, np.ndarray]], indices: np.ndarray, samples: np.ndarray,
+                 accept_rate_per_level: dict[str, float], sampler: Any) -> dict[str, Any]:
+    """Non-finite samples (count and first indices) and the degenerate levels, from all shards of the run."""
+    broken = ~np.isfinite(samples.reshape(len(samples), -1)).all(1)
+    stats: dict[str, Any] = {"n_nonfinite_samples": int(broken.sum()),
+                             "nonfinite_sample_indices": indices[broken][:20].tolist()}
+    nonfinite_samples = per_level_mean(shards, "health_levels", "level_nonfinite_samples")
+    if not nonfinite_samples or sampler is None:
+        return stats
+    nonfinite_log_ratios = per_level_mean(shards, "health_levels", "level_nonfinite_log_ratios")
+    adjusted = bool(any(bool(s["adjusted"]) for s in shards))
+    problems = {}
+    for level, share in nonfinite_samples.items():
+        accept = accept_rate_per_level.get(level) if adjusted else None
+        found = sampler.degeneracy.problems(accept, nonfinite_log_ratios.get(level, 0.0), share)
+        if found:
+            problems[int(level)] = found
+    stats.update(nonfinite_sample_share_per_level=nonfinite_samples,
+                 degenerate_levels={str(k): v for k, v in sorted(problems.items(), reverse=True)},
+                 degenerate_report=degenerate_report(problems))
+    return stats
+
+
+def warn_broken_sampling(stats: dict[str, Any]) -> None:
+    """One console warning per range of degenerate levels, and one for non-finite samples."""
+    for line in stats.get("degenerate_report", []):
+        rank_zero_warn(f"sampling degenerated at {line}; see stats.json's degenerate_levels (smaller steps usually "
+                       "help; sampler.fail_on_degenerate: true stops such a run early)")
+    if stats.get("n_nonfinite_samples"):
+        rank_zero_warn(f"{stats['n_nonfinite_samples']} samples are not finite (indices "
+                       f"{stats['nonfinite_sample_indices']}...): written as they are and listed in stats.json")
+
+
+def step_table_stats(record: dict[str, Any] | None) -> dict[str, Any]:
+    """The tuned (or reused) step size per level and how it was obtained, when the sampler used a step table."""
+    if record is None:
+        return {}
+    return {"step_sizes": record["step_sizes"],
+            "step_tuning": {k: v for k, v in record.items() if k not in ("step_sizes", "format")}}
 
 
 def sample_picture(samples: np.ndarray, title: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -54,6 +55,9 @@ class Toy2DMetrics(L.Callback):
             self._plot(samples, reference, writer.resolve_dir(trainer) / "samples.png", title)
 
     def evaluate(self, samples: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+        if not np.isfinite(samples).all():  # a broken run (the writer reports it): no number would mean anything
+            nan = float("nan")
+            return {"w2": nan, "gmm": nan, **({"ll": -math.inf} if self.distribution == "product" else {})}
         metrics = {
             "w2": wasserstein2(samples, reference, self.paper_compat),
             "gmm": gmm_variance_metric(reference, samples, match_components=not self.paper_compat),

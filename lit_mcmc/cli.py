@@ -82,6 +82,15 @@ class LitMCMCCLI(LightningCLI):
             exit_with_one_line(err, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
 
     def after_instantiate_classes(self) -> None:
+        if self.subcommand == "predict":  # before the loggers create folders there, and before any sampling
+            from callbacks.sample_writer import check_output_dir, expected_bytes, find_writer
+
+            writer = find_writer(self.trainer)
+            if writer is not None:
+                try:
+                    check_output_dir(writer.resolve_dir(self.trainer), expected_bytes(self.datamodule, self.model))
+                except OSError as err:
+                    exit_with_one_line(err, str(err))
         # Checkpoints land in <default_root_dir>/checkpoints (not a per-version folder), so later runs find them.
         root = Path(self.trainer.default_root_dir)
         for callback in self.trainer.checkpoint_callbacks:
@@ -89,8 +98,9 @@ class LitMCMCCLI(LightningCLI):
                 callback.dirpath = str(root / "checkpoints")
 
 
-# What a wrong config, a missing or bad file, or a setting this machine cannot honour raise: reported as one line.
-USER_ERRORS = (ValueError, FileNotFoundError, MisconfigurationException, TrainingDiverged)
+# What a wrong config, a missing, bad or unwritable file, a full disk, a setting this machine cannot honour, or a
+# diverged training raise: reported as one line.
+USER_ERRORS = (ValueError, OSError, MisconfigurationException, TrainingDiverged)
 
 
 def exit_with_one_line(err: BaseException, message: str) -> NoReturn:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lit_mcmc.checkpoints import check_readable
+from lit_mcmc.checkpoints import check_readable, read_checkpoint
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule
 from lit_mcmc.modules.diffusion import DiffusionModule
@@ -299,6 +299,24 @@ def _prompt_table(path: Path, root: Path, spec: ComponentConfig, prompts: list[s
         return adapter.read_prompt_embeddings(_resolve(spec.embeddings, root), prompts, f"{key}.embeddings")
     tokenizer, text_encoder = adapter.load_text_encoder(path, spec.torch_dtype, f"{key}.path")
     return adapter.encode_prompts(tokenizer, text_encoder, prompts)
+
+
+def has_exact_log_prob(spec: ComponentConfig, root: str | Path) -> bool | None:
+    """Whether a diffusion component has an exact log-density, known before any network is built: analytic targets
+    do, published models (score networks) do not, and a checkpoint does when its saved hyper-parameters say
+    ``parameterization: energy`` (read with its tensors memory-mapped, not loaded). None when the file is missing
+    or unreadable: its loader reports that."""
+    if spec.kind == "analytic":
+        return True
+    if spec.kind != "checkpoint":
+        return False
+    path = _resolve(spec.checkpoint, Path(root))  # type: ignore[arg-type]
+    try:
+        saved = read_checkpoint(path, "checkpoint", mmap=True)
+    except (ValueError, OSError):
+        return None
+    hparams = saved.get("hyper_parameters", {}) if isinstance(saved, dict) else {}
+    return hparams.get("parameterization") == "energy"
 
 
 LOADERS: dict[str, Callable[[str, ComponentConfig, Path], LoadedComponent]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -21,9 +22,18 @@ from lit_mcmc.compose import (
     ReconstructionGuidance,
 )
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
-from lit_mcmc.modules.components import ComponentConfig, load_component
+from lit_mcmc.modules.components import ComponentConfig, has_exact_log_prob, load_component
 from lit_mcmc.precision import Precision, check_precision, float32_matmul, with_precision
+from lit_mcmc.report import sampler_hparams
 from lit_mcmc.samplers import AnnealedSampler, PerSampleRandom, SamplerConfig
+from lit_mcmc.samplers.adaptation import (
+    StepTuning,
+    obtain_step_table,
+    parse_step_table,
+    tune_step_sizes,
+    tuning_indices,
+)
+from lit_mcmc.samplers.schedules import StepTable
 from lit_mcmc.targets import Target
 
 COMPOSITIONS = ("single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance",
@@ -138,8 +148,10 @@ class SamplingModule(L.LightningModule):
                  schedule: ScheduleConfig | None = None, respace: int | None = None, precision: Precision = "tf32",
                  compile: bool = False) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # Not to the logger: the SampleWriter logs report_hparams() (no paths, no CLI internals) with the metrics.
+        self.save_hyperparameters(logger=False)
         self._check_names(components, composition)  # before loading anything: config errors come first
+        self._check_exact_log_probs(components, composition, sampler, checkpoint_root)
         check_precision(precision, "model.precision")
         self.precision: Precision = precision
         self.sampler_config = sampler
@@ -169,6 +181,9 @@ class SamplingModule(L.LightningModule):
         else:
             self.target = self._compose(parts, composition)
         self.sampler = sampler.build(with_precision(self.target, precision), self.schedule)
+        # Tuned or reused ε per level (sampler.target_accept / step_table), set in on_predict_start.
+        self.step_table: StepTable | None = None
+        self.step_table_record: dict[str, Any] | None = None
         decoders = [loaded[n].decoder for n in parts if loaded[n].decoder is not None]
         self.decoder = decoders[0] if decoders else None  # latent models: predict_step also returns images
 
@@ -211,6 +226,23 @@ class SamplingModule(L.LightningModule):
             if len(names) != 1 or getattr(components[names[0]], field) is None:
                 raise ValueError(f"model.composition.kind={spec.kind!r} needs one part, a pretrained: diffusers "
                                  f"component with '{field}' (model.components.<name>.{field}); got parts {names}")
+
+    @staticmethod
+    def _check_exact_log_probs(components: dict[str, ComponentConfig], spec: CompositionConfig,
+                               sampler: SamplerConfig, root: str) -> None:
+        """Mixtures and the exact-energy MH correction need every diffusion part's log-density: a score model among
+        them is a config error, found before any network is built."""
+        parts = spec.parts or [n for n, c in components.items() if c.role == "diffusion"]
+        needs = [what for what, needed in (("model.composition.kind='mixture'", spec.kind == "mixture"),
+                                           ("model.sampler.correction='energy'", sampler.correction == "energy"))
+                 if needed]
+        for what in needs:
+            for name in parts:
+                if has_exact_log_prob(components[name], root) is False:
+                    raise ValueError(
+                        f"{what} needs an exact log-density from every part, but model.components.{name} is a score "
+                        "model (its log-density is unknown): use energy models or analytic targets"
+                        + (", or correction: line / curve" if "correction" in what else ""))
 
     @staticmethod
     def _common_schedule(schedules: dict[str, NoiseSchedule], config: ScheduleConfig | None) -> NoiseSchedule:
@@ -294,29 +326,55 @@ class SamplingModule(L.LightningModule):
 
     def on_predict_start(self) -> None:
         if self.trainer.predict_loop.inference_mode:
-            raise RuntimeError("MCMC sampling needs input gradients, which torch.inference_mode forbids: set "
+            raise ValueError("MCMC sampling needs input gradients, which torch.inference_mode forbids: set "
                                "trainer.inference_mode: false (the lit-mcmc CLI does this by default)")
         trainer_precision = str(self.trainer.precision)
         if trainer_precision.endswith("-true") and trainer_precision != "32-true":
             raise ValueError(f"trainer.precision={trainer_precision} would cast the chains and the MH arithmetic; "
                              "sampling keeps them float32: set trainer.precision: 32-true and model.precision (bf16, "
                              "fp16, tf32 or fp32) for the networks")
+        self.prepare_step_table()
+
+    def prepare_step_table(self) -> None:
+        """With ``sampler.target_accept`` or ``sampler.step_table``: rank 0 tunes ε per level (or reuses the given
+        table, or this run directory's ``step_sizes.json`` from an interrupted run; see
+        :func:`~lit_mcmc.samplers.adaptation.obtain_step_table`) and shares it, and every rank samples with it."""
+        config = self.sampler_config
+        if not config.adapts_steps:
+            return
+        record = None
+        if self.trainer.is_global_zero:
+            record = obtain_step_table(config, Path(self.trainer.default_root_dir), self.seed,
+                                       self.sampler.mcmc_levels(), self._tune_step_sizes)
+        record = self.trainer.strategy.broadcast(record, src=0)  # one table for all ranks, computed once
+        self.step_table = parse_step_table(record, "step_sizes.json")
+        self.step_table_record = record
+        self.sampler = config.build(with_precision(self.target, self.precision), self.schedule, self.step_table)
+
+    def _tune_step_sizes(self) -> StepTuning:
+        """The tuning pass: ``sampler.tune_samples`` chains on streams of their own (labels as their indices give)."""
+        config = self.sampler_config
+        labels = self.labels_for(tuning_indices(config.tune_samples).to(self.device))
+        target = self.target if labels is None else self.target.with_labels(labels)  # type: ignore[attr-defined]
+        with torch.autocast(self.device.type, enabled=False), float32_matmul(self.precision):
+            return tune_step_sizes(
+                lambda step: config.build(with_precision(target, self.precision), self.schedule, step),
+                config.initial_steps(self.schedule), config.target_accept, config.tune_samples,  # type: ignore[arg-type]
+                config.tune_steps, self.seed, tuple(self.sample_shape), self.device)
 
     def _sampler_for(self, labels: Tensor | None) -> AnnealedSampler:
         if labels is None:
             return self.sampler
         assert isinstance(self.target, LabelledGuidance) or hasattr(self.target, "with_labels")
         target = self.target.with_labels(labels)  # type: ignore[attr-defined]
-        return self.sampler_config.build(with_precision(target, self.precision), self.schedule)
+        return self.sampler_config.build(with_precision(target, self.precision), self.schedule, self.step_table)
 
     def report_hparams(self) -> dict[str, Any]:
-        """The sampler's hyper-parameters plus the composition's and the number of levels (stats.json, TensorBoard's
-        HParams view)."""
-        spec = self.composition
-        extra = {"composition": spec.kind, "guidance_scale": spec.scale, "mh_scale": spec.mh_scale,
-                 "levels": self.schedule.T,  # fewer than the models' when respaced
-                 "precision": self.precision, "compile": self.hparams.get("compile", False)}
-        return {**self.sampler_config.hparams(), **{k: "none" if v is None else v for k, v in extra.items()}}
+        """What distinguishes this run from other sampler runs (stats.json, TensorBoard's HParams view): the
+        sampler's settings that its kernel uses, the composition, the levels (fewer than the models' when respaced),
+        seed, precision and a short model identifier; see :func:`lit_mcmc.report.sampler_hparams`."""
+        return sampler_hparams(self.sampler_config, self.composition, self.hparams["components"],
+                               levels=self.schedule.T, seed=self.seed, precision=self.precision)
 
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any]:
         indices = torch.as_tensor(batch, dtype=torch.long)
@@ -334,6 +392,9 @@ class SamplingModule(L.LightningModule):
             "adjusted": info.adjusted,
             "accept_rate_per_level": info.accept_rate_per_level,
             "n_nonfinite": info.n_nonfinite,
+            "quadrature_error_per_level": info.quadrature_error_per_level,  # line/curve corrections only
+            "nonfinite_sample_share_per_level": info.nonfinite_sample_share_per_level,
+            "nonfinite_log_ratio_share_per_level": info.nonfinite_log_ratio_share_per_level,
             "seconds": time.perf_counter() - start,
         }
         if labels is not None:

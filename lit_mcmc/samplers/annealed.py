@@ -9,6 +9,7 @@ starts at level T−1, and MCMC runs after each reverse step at levels T−2 …
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +17,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lit_mcmc.diffusion import REVERSE_VARIANCES, NoiseSchedule, ReverseVariance
+from lit_mcmc.samplers.diagnostics import DegeneracyThresholds, DegenerateSampling
 from lit_mcmc.samplers.kernels import ChainInfo, ChainState, Kernel
 from lit_mcmc.samplers.random import RandomStream, as_random_stream
 from lit_mcmc.targets import Target
+
+# (x, level, momentum or None, random stream) -> (final state, statistics): what runs the kernel at one level.
+LevelRunner = Callable[[Tensor, int, Tensor | None, RandomStream], tuple[ChainState, ChainInfo]]
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,15 @@ class AnnealedSampler:
         reverse_variance: "beta" (s_t² = β_t), "posterior" (β̃_t) or "learned" (the model's own variance output,
             for learned-σ networks such as ADM) for the reverse step's noise.
         min_mcmc_level: run the kernel only at levels >= this (R3's PyTorch code uses MCMC only for t > 50).
+        degeneracy: thresholds that flag a level whose sampling has broken down (recorded in
+            ``ChainInfo.degenerate_levels``); None checks nothing.
+        fail_on_degenerate: raise :class:`~lit_mcmc.samplers.diagnostics.DegenerateSampling` at the first
+            degenerate level instead of going on.
     """
 
     def __init__(self, target: Target, schedule: NoiseSchedule, kernel: Kernel | None = None, n_steps: int = 0,
-                 reverse: bool = True, reverse_variance: ReverseVariance = "beta", min_mcmc_level: int = 0) -> None:
+                 reverse: bool = True, reverse_variance: ReverseVariance = "beta", min_mcmc_level: int = 0,
+                 degeneracy: DegeneracyThresholds | None = None, fail_on_degenerate: bool = False) -> None:
         if kernel is None and not reverse:
             raise ValueError("a sampler with no kernel must take reverse steps (reverse=True)")
         if int(n_steps) != n_steps or n_steps < 0:
@@ -60,6 +70,8 @@ class AnnealedSampler:
         self.reverse = reverse
         self.reverse_variance: ReverseVariance = reverse_variance
         self.min_mcmc_level = min_mcmc_level
+        self.degeneracy = degeneracy
+        self.fail_on_degenerate = fail_on_degenerate
 
     def plan(self) -> list[LevelPlan]:
         """The iterations, in order: which reverse step and which MCMC level each performs."""
@@ -76,16 +88,21 @@ class AnnealedSampler:
 
     def sample(self, shape: tuple[int, ...], generator: torch.Generator | RandomStream | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
-               progress: bool = False) -> tuple[Tensor, ChainInfo]:
+               progress: bool = False, run_level: LevelRunner | None = None) -> tuple[Tensor, ChainInfo]:
         """Draw x ~ N(0, I) of ``shape`` ([B, ...]) from the same random stream and run :meth:`run` from it."""
         rng = as_random_stream(generator)
         x = rng.normal(torch.empty(shape, device=device, dtype=dtype))
-        return self.run(x, rng, progress)
+        return self.run(x, rng, progress, run_level)
 
     def run(self, x: Tensor, generator: torch.Generator | RandomStream | None = None,
-            progress: bool = False) -> tuple[Tensor, ChainInfo]:
-        """Anneal from x (taken to be at level T−1) down to the data level. Returns (x, info)."""
+            progress: bool = False, run_level: LevelRunner | None = None) -> tuple[Tensor, ChainInfo]:
+        """Anneal from x (taken to be at level T−1) down to the data level. Returns (x, info).
+
+        ``run_level`` replaces the K kernel steps at each level (the step-size tuning pass adapts there instead);
+        by default the kernel runs ``n_steps`` transitions.
+        """
         rng = as_random_stream(generator)
+        run_level = run_level or self.run_level
         info = ChainInfo(batch_size=x.shape[0], adjusted=self.kernel is not None and self.kernel.correction is not None)
         state: ChainState | None = None  # the last kernel state: its cached evaluation serves the next reverse step
         plan = self.plan()
@@ -105,8 +122,34 @@ class AnnealedSampler:
                 if step.mcmc_level is not None:
                     assert self.kernel is not None
                     momentum = state.momentum if (state is not None and self.kernel.carries_momentum) else None
-                    state, level_info = self.kernel.run_chain(self.target, x, step.mcmc_level, self.n_steps, rng,
-                                                              momentum)
+                    state, level_info = run_level(x, step.mcmc_level, momentum, rng)
                     x = state.x
                     info.merge(level_info, level=step.mcmc_level)
+                if self.degeneracy is not None:
+                    self._check_level(x, step, info)
         return x, info
+
+    def _check_level(self, x: Tensor, step: LevelPlan, info: ChainInfo) -> None:
+        """Record the level's share of non-finite samples and flag it when it is degenerate (one host read)."""
+        assert self.degeneracy is not None
+        level = step.mcmc_level if step.mcmc_level is not None else step.reverse_from
+        assert level is not None
+        nonfinite = float((~torch.isfinite(x.flatten(1))).any(1).double().mean())
+        info.nonfinite_sample_share_per_level[level] = nonfinite
+        accept = info.accept_rate_per_level.get(level) if info.adjusted and step.mcmc_level is not None else None
+        problems = self.degeneracy.problems(accept, info.nonfinite_log_ratio_share_per_level.get(level, 0.0),
+                                            nonfinite)
+        if not problems:
+            return
+        info.degenerate_levels[level] = problems
+        if self.fail_on_degenerate:
+            raise DegenerateSampling(
+                f"sampling degenerated at level {level} ({'; '.join(problems.values())}); stopped there, as "
+                "sampler.fail_on_degenerate is true. Smaller steps (sampler.step_size or step_a) usually help; "
+                "non-finite samples point to a diverged model")
+
+    def run_level(self, x: Tensor, level: int, momentum: Tensor | None,
+                  rng: RandomStream) -> tuple[ChainState, ChainInfo]:
+        """The kernel's ``n_steps`` transitions at ``level`` from x."""
+        assert self.kernel is not None
+        return self.kernel.run_chain(self.target, x, level, self.n_steps, rng, momentum)

@@ -7,12 +7,19 @@ from typing import Literal
 
 from lit_mcmc.diffusion import NoiseSchedule, ReverseVariance
 from lit_mcmc.samplers.annealed import AnnealedSampler
+from lit_mcmc.samplers.corrections import QuadratureName, check_quadrature
+from lit_mcmc.samplers.diagnostics import DegeneracyThresholds
 from lit_mcmc.samplers.kernels import HMC, MALA, UHMC, ULA, Kernel
 from lit_mcmc.samplers.schedules import BetaPower, LevelValue
 from lit_mcmc.targets import Target
 
 KernelName = Literal["reverse", "ula", "mala", "uhmc", "hmc"]
 KERNELS = ("reverse", "ula", "mala", "uhmc", "hmc")
+# What the tuning pass depends on (n_steps too: it adapts over episodes of K steps, as the sampling pass runs them).
+TUNING_KEYS = ("kernel", "n_steps", "step_size", "step_a", "step_b", "correction", "n_points", "quadrature",
+               "n_leapfrog", "damping", "mass", "mass_beta_power", "flip_on_reject", "carry_momentum", "reverse",
+               "reverse_variance", "min_mcmc_level", "target_accept", "tune_samples", "tune_steps")
+QUADRATURE_LABELS = {"trapezoid": "trapezoid", "simpson": "Simpson", "gauss_legendre": "Gauss-Legendre"}
 
 
 @dataclass
@@ -22,7 +29,18 @@ class SamplerConfig:
     Step size: a constant ``step_size``, or ``step_a``·β_t^``step_b`` when ``step_size`` is null (MCMC-corr's
     images). Mass (diagonal, M): ``mass``, or β_t^``mass_beta_power`` when set (√M = β_t is mass_beta_power: 2).
     ``correction``: "energy" (exact; needs an energy model), "line" or "curve" (HMC), with ``n_points`` interior
-    nodes (per segment for "curve"). ``reverse``: take an ancestral step before the kernel steps of each level.
+    nodes (per segment for "curve") of the ``quadrature`` rule ("trapezoid", "simpson" with odd ``n_points``, or
+    "gauss_legendre" for "line"; see ``samplers/corrections.py``). ``reverse``: take an ancestral step before the
+    kernel steps of each level.
+
+    Step-size adaptation (``samplers/adaptation.py``; MH kernels only): with ``target_accept`` set, a tuning pass on
+    ``tune_samples`` chains of their own adapts ε per level over ``tune_steps`` iterations per level (the step
+    above is the initial guess); the sampling pass then uses the tuned table unchanged. ``step_table`` instead
+    reuses a ``step_sizes.json`` written by another run (e.g. an unadjusted sampler at its corrected twin's steps).
+
+    Degenerate levels (``samplers/diagnostics.py``): a level whose acceptance is below ``min_accept_rate``, or where
+    more than ``max_nonfinite_share`` of the MH log-ratios or of the samples are not finite, is reported (console,
+    ``stats.json`` ``degenerate_levels``, TensorBoard); ``fail_on_degenerate: true`` stops the run there instead.
     """
 
     kernel: KernelName = "reverse"
@@ -32,6 +50,7 @@ class SamplerConfig:
     step_b: float = 1.0
     correction: Literal["energy", "line", "curve"] | None = None
     n_points: int = 0
+    quadrature: QuadratureName = "trapezoid"
     n_leapfrog: int = 3
     damping: float = 0.0
     mass: float = 1.0
@@ -41,11 +60,20 @@ class SamplerConfig:
     reverse: bool = True
     reverse_variance: ReverseVariance = "beta"
     min_mcmc_level: int = 0
+    target_accept: float | None = None
+    tune_samples: int = 256
+    tune_steps: int = 100
+    step_table: str | None = None
+    min_accept_rate: float = 0.01
+    max_nonfinite_share: float = 0.01
+    fail_on_degenerate: bool = False
 
     def __post_init__(self) -> None:
         key = "sampler"
         if self.kernel not in KERNELS:
             raise ValueError(f"{key}.kernel={self.kernel!r} is not one of {list(KERNELS)}")
+        self._check_adaptation(key)
+        self.degeneracy  # noqa: B018 - validates the thresholds (errors name the key)
         if self.kernel == "reverse":
             if not self.reverse:
                 raise ValueError(f"{key}.kernel='reverse' needs {key}.reverse=true")
@@ -67,6 +95,33 @@ class SamplerConfig:
         if not adjusted and self.correction is not None:
             raise ValueError(f"{key}.correction={self.correction!r} has no effect on the unadjusted kernel "
                              f"{self.kernel!r}: remove it, or use kernel 'mala'/'hmc'")
+        if self.correction in ("line", "curve"):
+            check_quadrature(self.quadrature, self.n_points, self.correction, f"{key}.")
+        elif self.quadrature != "trapezoid":
+            raise ValueError(f"{key}.quadrature={self.quadrature!r} applies to correction 'line' or 'curve' "
+                             f"(correction is {self.correction!r}): remove it")
+
+    def _check_adaptation(self, key: str) -> None:
+        """target_accept / tune_samples / tune_steps / step_table: valid values, and only where they apply."""
+        if self.target_accept is not None:
+            if not 0 < self.target_accept < 1:
+                raise ValueError(f"{key}.target_accept={self.target_accept} must lie in (0, 1) (e.g. 0.65 for "
+                                 "MALA, 0.8 for HMC), or be null to keep the configured step sizes")
+            if self.kernel not in ("mala", "hmc"):
+                raise ValueError(f"{key}.target_accept tunes the steps of an MH kernel ('mala', 'hmc'); kernel "
+                                 f"{self.kernel!r} accepts every proposal. Tune its corrected twin and pass that "
+                                 f"run's step_sizes.json as {key}.step_table")
+            if self.step_table is not None:
+                raise ValueError(f"{key}.target_accept and {key}.step_table are both set: tune (target_accept) or "
+                                 "reuse a table (step_table), not both")
+        if int(self.tune_samples) != self.tune_samples or self.tune_samples < 1:
+            raise ValueError(f"{key}.tune_samples={self.tune_samples} must be an integer >= 1 (chains of the "
+                             "tuning pass)")
+        if int(self.tune_steps) != self.tune_steps or self.tune_steps < 1:
+            raise ValueError(f"{key}.tune_steps={self.tune_steps} must be an integer >= 1 (adaptation iterations "
+                             "per level)")
+        if self.step_table is not None and self.kernel == "reverse":
+            raise ValueError(f"{key}.step_table has no effect on kernel='reverse' (no MCMC steps): remove it")
 
     @property
     def name(self) -> str:
@@ -74,31 +129,52 @@ class SamplerConfig:
         base = {"reverse": "Reverse", "ula": "U-LA", "mala": "LA", "uhmc": "U-HMC", "hmc": "HMC"}[self.kernel]
         if self.correction in ("line", "curve"):
             points = f"{self.n_points}-" if self.n_points or self.correction == "line" else ""
-            return f"{base}-{points}{self.correction}"
+            rule = "" if self.quadrature == "trapezoid" else f" ({QUADRATURE_LABELS[self.quadrature]})"
+            return f"{base}-{points}{self.correction}{rule}"
         return base
+
+    @property
+    def adapts_steps(self) -> bool:
+        """Whether sampling uses a per-level step table (tuned here, or reused) instead of the configured steps."""
+        return self.target_accept is not None or self.step_table is not None
 
     def _level_value(self, schedule: NoiseSchedule, constant: float | None, a: float | None, b: float) -> LevelValue:
         return constant if constant is not None else BetaPower(schedule, a, b)  # type: ignore[arg-type]
 
-    def build_kernel(self, schedule: NoiseSchedule) -> Kernel | None:
+    def tuning_settings(self) -> dict[str, object]:
+        """The settings a tuned step table depends on (saved with it; a rerun reuses a table only if they match)."""
+        return {name: getattr(self, name) for name in TUNING_KEYS}
+
+    def initial_steps(self, schedule: NoiseSchedule) -> LevelValue:
+        """The configured step per level: ``step_size``, or a·β_t^b (the initial guess when adapting)."""
+        return self._level_value(schedule, self.step_size, self.step_a, self.step_b)
+
+    def build_kernel(self, schedule: NoiseSchedule, step_sizes: LevelValue | None = None) -> Kernel | None:
+        """The kernel; ``step_sizes`` (e.g. a tuned :class:`StepTable`) replaces the configured steps."""
         if self.kernel == "reverse":
             return None
-        step = self._level_value(schedule, self.step_size, self.step_a, self.step_b)
+        step = self.initial_steps(schedule) if step_sizes is None else step_sizes
         if self.kernel == "ula":
             return ULA(step)
         if self.kernel == "mala":
-            return MALA(step, self.correction, self.n_points)  # type: ignore[arg-type]
+            return MALA(step, self.correction, self.n_points, self.quadrature)  # type: ignore[arg-type]
         mass = self.mass if self.mass_beta_power is None else BetaPower(schedule, 1.0, self.mass_beta_power)
         if self.kernel == "uhmc":
             return UHMC(step, self.n_leapfrog, self.damping, mass, self.carry_momentum)
         return HMC(step, self.n_leapfrog, self.damping, mass, self.correction, self.n_points,  # type: ignore[arg-type]
-                   self.flip_on_reject, self.carry_momentum)
+                   self.flip_on_reject, self.carry_momentum, self.quadrature)
 
-    def build(self, target: Target, schedule: NoiseSchedule) -> AnnealedSampler:
-        """The annealed sampler for ``target`` on ``schedule``."""
-        kernel = self.build_kernel(schedule)
+    def build(self, target: Target, schedule: NoiseSchedule, step_sizes: LevelValue | None = None) -> AnnealedSampler:
+        """The annealed sampler for ``target`` on ``schedule`` (with ``step_sizes`` instead of the configured steps
+        when given)."""
+        kernel = self.build_kernel(schedule, step_sizes)
         return AnnealedSampler(target, schedule, kernel, self.n_steps if kernel else 0, self.reverse,
-                               self.reverse_variance, self.min_mcmc_level)
+                               self.reverse_variance, self.min_mcmc_level, self.degeneracy, self.fail_on_degenerate)
+
+    @property
+    def degeneracy(self) -> DegeneracyThresholds:
+        """The thresholds that flag a degenerate level."""
+        return DegeneracyThresholds(self.min_accept_rate, self.max_nonfinite_share)
 
     def hparams(self) -> dict[str, object]:
         """Flat, TensorBoard-friendly hyper-parameters (None becomes "none")."""

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from lit_mcmc.samplers.corrections import Correction, CorrectionName, CurveIntegral, dot, make_correction
+from lit_mcmc.samplers.corrections import (
+    Correction,
+    CorrectionName,
+    CurveIntegral,
+    QuadratureName,
+    dot,
+    make_correction,
+)
 from lit_mcmc.samplers.random import RandomStream, as_random_stream
 from lit_mcmc.samplers.schedules import LevelValue, check_positive, value_at
 from lit_mcmc.targets import Evaluation, Target, where_rows
@@ -41,6 +48,7 @@ class StepInfo:
     accepted: Tensor
     log_ratio: Tensor | None
     nfe: int
+    quadrature_error: Tensor | None = None  # |Q − Q_low| per sample (line/curve corrections), see corrections.py
 
 
 @dataclass
@@ -60,7 +68,14 @@ class ChainInfo:
     log_ratio_count: int = 0
     n_nonfinite: int = 0
     accept_rate_per_level: dict[int, float] = field(default_factory=dict)
+    quadrature_error_sum: float = 0.0
+    quadrature_error_count: int = 0
+    quadrature_error_per_level: dict[int, float] = field(default_factory=dict)
+    nonfinite_log_ratio_share_per_level: dict[int, float] = field(default_factory=dict)
+    nonfinite_sample_share_per_level: dict[int, float] = field(default_factory=dict)
+    degenerate_levels: dict[int, dict[str, str]] = field(default_factory=dict)  # level -> {problem: detail}
     _pending: Tensor | None = field(default=None, repr=False)  # [non-finite, sum, count] not yet synced
+    _pending_quadrature: Tensor | None = field(default=None, repr=False)  # [error sum, count] not yet synced
 
     def update(self, step: StepInfo) -> None:
         self.n_steps += 1
@@ -74,6 +89,11 @@ class ChainInfo:
             sums = torch.stack([(~finite).sum().double(), torch.where(finite, log_ratio, 0.0).sum(),
                                 finite.sum().double()])
             self._pending = sums if self._pending is None else self._pending + sums
+        if step.quadrature_error is not None:
+            error = step.quadrature_error.detach().double()
+            finite = torch.isfinite(error)
+            sums = torch.stack([torch.where(finite, error, 0.0).sum(), finite.sum().double()])
+            self._pending_quadrature = sums if self._pending_quadrature is None else self._pending_quadrature + sums
 
     def sync(self) -> None:
         """Fold the device-side sums into the host statistics (one synchronisation)."""
@@ -83,6 +103,11 @@ class ChainInfo:
             self.log_ratio_sum += total
             self.log_ratio_count += int(count)
             self._pending = None
+        if self._pending_quadrature is not None:
+            total, count = self._pending_quadrature.tolist()
+            self.quadrature_error_sum += total
+            self.quadrature_error_count += int(count)
+            self._pending_quadrature = None
         if self.accepted_per_sample is not None:
             self.accepted_per_sample = self.accepted_per_sample.cpu()
 
@@ -99,8 +124,14 @@ class ChainInfo:
         self.log_ratio_sum += other.log_ratio_sum
         self.log_ratio_count += other.log_ratio_count
         self.n_nonfinite += other.n_nonfinite
+        self.quadrature_error_sum += other.quadrature_error_sum
+        self.quadrature_error_count += other.quadrature_error_count
         if level is not None and other.n_steps:
             self.accept_rate_per_level[level] = other.accept_rate
+            if other.adjusted:
+                self.nonfinite_log_ratio_share_per_level[level] = other.n_nonfinite / (other.n_steps * other.batch_size)
+        if level is not None and other.quadrature_error_count:
+            self.quadrature_error_per_level[level] = other.quadrature_error_mean
 
     @property
     def accept_rate_per_sample(self) -> Tensor:
@@ -117,6 +148,11 @@ class ChainInfo:
     def log_ratio_mean(self) -> float:
         return self.log_ratio_sum / self.log_ratio_count if self.log_ratio_count else math.nan
 
+    @property
+    def quadrature_error_mean(self) -> float:
+        """Mean |Q − Q_low| of the line/curve correction over samples and steps (NaN without one)."""
+        return self.quadrature_error_sum / self.quadrature_error_count if self.quadrature_error_count else math.nan
+
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly summary."""
         return {
@@ -127,6 +163,8 @@ class ChainInfo:
             "log_ratio_mean": self.log_ratio_mean,
             "n_nonfinite": self.n_nonfinite,
             "accept_rate_per_level": {str(k): v for k, v in self.accept_rate_per_level.items()},
+            "quadrature_error_mean": self.quadrature_error_mean,
+            "quadrature_error_per_level": {str(k): v for k, v in self.quadrature_error_per_level.items()},
         }
 
 
@@ -213,14 +251,15 @@ class LangevinKernel(Kernel):
         if self.correction is None:
             accepted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             return ChainState(x_new, ev1, t), StepInfo(accepted, None, 1)
-        delta, extra_nfe = self.correction.delta(target, t, [x, x_new], [ev0, ev1])
+        estimate = self.correction.estimate(target, t, [x, x_new], [ev0, ev1])
+        delta, extra_nfe = estimate.delta, estimate.nfe
         log_q_fwd = -dot(x_new - mean_fwd, x_new - mean_fwd) / (4 * eps)
         back = x - (x_new + eps * ev1.score)
         log_q_rev = -dot(back, back) / (4 * eps)
         log_ratio = delta + log_q_rev - log_q_fwd
         accepted = self._accept(log_ratio, rng, x)
         new = ChainState(where_rows(accepted, x_new, x), ev1.where(accepted, ev0), t)
-        return new, StepInfo(accepted, log_ratio, 1 + extra_nfe)
+        return new, StepInfo(accepted, log_ratio, 1 + extra_nfe, estimate.error)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(step_size={self.step_size!r}, correction={self.correction!r})"
@@ -237,8 +276,8 @@ class MALA(LangevinKernel):
     """Metropolis-adjusted Langevin ("LA" in the papers) with an exact ("energy") or integrated ("line") Δ."""
 
     def __init__(self, step_size: LevelValue, correction: CorrectionName | Correction = "energy",
-                 n_points: int = 0) -> None:
-        super().__init__(step_size, make_correction(correction, n_points))
+                 n_points: int = 0, quadrature: QuadratureName = "trapezoid") -> None:
+        super().__init__(step_size, make_correction(correction, n_points, quadrature))
 
 
 class HamiltonianKernel(Kernel):
@@ -311,13 +350,14 @@ class HamiltonianKernel(Kernel):
         if self.correction is None:
             accepted = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
             return ChainState(x_l, ev_l, t, v_l), StepInfo(accepted, None, self.n_leapfrog)
-        delta, extra_nfe = self.correction.delta(target, t, path, evals)
+        estimate = self.correction.estimate(target, t, path, evals)
+        delta, extra_nfe = estimate.delta, estimate.nfe
         log_ratio = delta - 0.5 * dot(v_l, v_l / mass) + 0.5 * dot(v_refreshed, v_refreshed / mass)
         accepted = self._accept(log_ratio, rng, x)
         v_rejected = -v_refreshed if self.flip_on_reject else v_refreshed
         new = ChainState(where_rows(accepted, x_l, x), ev_l.where(accepted, ev0), t,
                          where_rows(accepted, v_l, v_rejected))
-        return new, StepInfo(accepted, log_ratio, self.n_leapfrog + extra_nfe)
+        return new, StepInfo(accepted, log_ratio, self.n_leapfrog + extra_nfe, estimate.error)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(step_size={self.step_size!r}, n_leapfrog={self.n_leapfrog}, "
@@ -338,8 +378,9 @@ class HMC(HamiltonianKernel):
 
     def __init__(self, step_size: LevelValue, n_leapfrog: int = 3, damping: float = 0.0, mass: MassValue = 1.0,
                  correction: CorrectionName | Correction = "energy", n_points: int = 0,
-                 flip_on_reject: bool = True, carry_momentum: bool = False) -> None:
-        super().__init__(step_size, n_leapfrog, damping, mass, make_correction(correction, n_points),
+                 flip_on_reject: bool = True, carry_momentum: bool = False,
+                 quadrature: QuadratureName = "trapezoid") -> None:
+        super().__init__(step_size, n_leapfrog, damping, mass, make_correction(correction, n_points, quadrature),
                          flip_on_reject, carry_momentum)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 
 from lit_mcmc.diffusion import NoiseSchedule
 
@@ -38,3 +39,41 @@ def check_positive(value: LevelValue, name: str) -> None:
     """Fail early for a constant that is not positive."""
     if not callable(value) and not float(value) > 0:
         raise ValueError(f"{name} must be positive, got {value}")
+
+
+class StepTable:
+    """A step size per level from a table (tuned by ``samplers/adaptation.py``, or loaded from ``step_sizes.json``).
+
+    Args:
+        steps: level -> step size; every value must be positive and finite.
+        source: where the table came from, named in errors (e.g. "sampler.step_table=runs/a/step_sizes.json").
+    """
+
+    def __init__(self, steps: Mapping[int, float], source: str = "step table") -> None:
+        bad = {int(level): value for level, value in steps.items() if not (math.isfinite(value) and value > 0)}
+        if bad:
+            raise ValueError(f"{source}: step sizes must be positive and finite, got {bad}")
+        self.steps = {int(level): float(value) for level, value in steps.items()}
+        self.source = source
+
+    def __call__(self, t: int) -> float:
+        if t not in self.steps:
+            raise ValueError(f"{self.source} has no step size for level t={t} (it has levels "
+                             f"{min(self.steps, default=None)}..{max(self.steps, default=None)}): it was made for "
+                             "another schedule or level plan")
+        return self.steps[t]
+
+    def covers(self, levels: list[int]) -> list[int]:
+        """The levels of ``levels`` the table lacks."""
+        return [t for t in levels if t not in self.steps]
+
+    def as_json(self) -> dict[str, float]:
+        """{"<level>": step} in descending level order (JSON keys are strings)."""
+        return {str(t): self.steps[t] for t in sorted(self.steps, reverse=True)}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StepTable) and self.steps == other.steps
+
+    def __repr__(self) -> str:
+        return f"StepTable({len(self.steps)} levels, {self.source})"
+

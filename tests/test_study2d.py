@@ -1,0 +1,38 @@
+"""The 2D MH-correction study preset: its rows and jobs (the runs themselves are those of the 2D driver)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lit_mcmc.experiments.study2d import SAMPLER, STUDY_ROWS, study_phases
+from lit_mcmc.experiments.toy2d import PRESETS, parse_args
+
+
+def option(command: list[str], key: str) -> str | None:
+    return command[command.index(key) + 1] if key in command else None
+
+
+def test_study_rows_cover_the_issue():
+    keys = {row.key for row in STUDY_ROWS}
+    for model, hmc, langevin in (("score", "hmc_curve", "la_1_line"), ("energy", "hmc", "la")):
+        assert {f"{model}_uhmc", f"{model}_uhmc_reference_levels", f"{model}_{hmc}", f"{model}_{hmc}_tuned",
+                f"{model}_uhmc_tuned", f"{model}_ula", f"{model}_{langevin}", f"{model}_{langevin}_tuned",
+                f"{model}_ula_tuned"} <= keys
+
+
+def test_study_jobs_tune_then_reuse_the_tables(tmp_path: Path):
+    phases = study_phases(tmp_path, 5, PRESETS["study"])
+    assert list(phases) == ["train", "sample", "sample_twins"]  # twins run after the tables exist
+    assert len(phases["train"]) == 5 * 4
+    jobs = {job.label: job.command for phase in ("sample", "sample_twins") for job in phases[phase]}
+    assert len(jobs) == 5 * len(STUDY_ROWS)
+    tuned = jobs["samples/trial_3/score_hmc_curve_tuned"]
+    assert option(tuned, f"{SAMPLER}target_accept") == "0.8" and option(tuned, "--model.init_args.seed") == "3"
+    assert option(jobs["samples/trial_3/energy_la_tuned"], f"{SAMPLER}target_accept") == "0.65"
+    twin = jobs["samples/trial_3/score_uhmc_tuned"]
+    assert option(twin, f"{SAMPLER}step_table") == str(tmp_path / "samples" / "trial_3" / "score_hmc_curve_tuned"
+                                                       / "step_sizes.json")
+    assert all(job.label.endswith("_tuned") for job in phases["sample_twins"])
+    assert option(jobs["samples/trial_0/energy_uhmc_reference_levels"], f"{SAMPLER}min_mcmc_level") == "1"
+    assert option(jobs["samples/trial_0/score_uhmc"], f"{SAMPLER}min_mcmc_level") is None
+    assert parse_args(["--preset", "study", "--trials", "5"]).preset == "study"
