@@ -37,6 +37,18 @@ def run_python(*args: str, timeout: float) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
+def one_and_two_process_samples(config: Path, root: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """samples.npz of the same predict config, run in this process and in two DDP processes (CPU, gloo)."""
+    from lit_mcmc.cli import main
+
+    one, two = root / "one", root / "two"
+    main(["predict", "--config", str(config), "--trainer.default_root_dir", str(one)])
+    result = run_python("-m", "lit_mcmc.cli", "predict", "--config", str(config), "--trainer.default_root_dir",
+                        str(two), "--trainer.devices", "2", "--trainer.strategy", "ddp", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return dict(np.load(one / "samples.npz")), dict(np.load(two / "samples.npz"))
+
+
 def ddp_predict(root: Path, n_samples: int, *extra: str) -> subprocess.CompletedProcess:
     return run_python("-m", "lit_mcmc.cli", *predict_args(root, n_samples, BATCH, *extra), "--trainer.devices", "2",
                       "--trainer.strategy", "ddp", timeout=300)

@@ -230,19 +230,12 @@ def test_imagenet_configs_run_end_to_end_on_cpu(checkpoints: Path, tmp_path: Pat
 
 @pytest.mark.slow
 def test_imagenet_hmc_samples_do_not_depend_on_the_process_count(checkpoints: Path, tmp_path: Path, restore_environ):
-    from test_distributed import run_python
-
-    from lit_mcmc.cli import main
+    from test_distributed import one_and_two_process_samples
 
     config, path = tiny_imagenet_config("sample_guided_hmc", checkpoints, tmp_path)
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]  # the writer: samples only
     path.write_text(yaml.safe_dump(config))
-    one, two = tmp_path / "one", tmp_path / "two"
-    main(["predict", "--config", str(path), "--trainer.default_root_dir", str(one)])
-    result = run_python("-m", "lit_mcmc.cli", "predict", "--config", str(path), "--trainer.default_root_dir", str(two),
-                        "--trainer.devices", "2", "--trainer.strategy", "ddp", timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    reference, split = np.load(one / "samples.npz"), np.load(two / "samples.npz")
+    reference, split = one_and_two_process_samples(path, tmp_path)
     assert split["indices"].tolist() == [0, 1, 2]
     np.testing.assert_allclose(split["samples"], reference["samples"], rtol=0, atol=1e-5)
     np.testing.assert_array_equal(split["labels"], reference["labels"])

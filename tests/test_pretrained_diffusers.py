@@ -472,17 +472,10 @@ def test_if_tapestry_config_runs_with_learned_variance(pipelines: Path, tmp_path
 @pytest.mark.slow
 def test_prompt_product_samples_do_not_depend_on_the_process_count(pipelines: Path, tmp_path: Path,
                                                                      restore_environ):
-    from test_distributed import run_python
+    from test_distributed import one_and_two_process_samples
 
-    from lit_mcmc.cli import main
-
-    config, path = tiny_config("sample_sd15_prompt_product_hmc", pipelines, tmp_path)
-    one, two = tmp_path / "one", tmp_path / "two"
-    main(["predict", "--config", str(path), "--trainer.default_root_dir", str(one)])
-    result = run_python("-m", "lit_mcmc.cli", "predict", "--config", str(path), "--trainer.default_root_dir", str(two),
-                        "--trainer.devices", "2", "--trainer.strategy", "ddp", timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    reference, split = np.load(one / "samples.npz"), np.load(two / "samples.npz")
+    _, path = tiny_config("sample_sd15_prompt_product_hmc", pipelines, tmp_path)
+    reference, split = one_and_two_process_samples(path, tmp_path)
     assert split["indices"].tolist() == [0, 1, 2]
     np.testing.assert_allclose(split["samples"], reference["samples"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(split["images"], reference["images"], rtol=0, atol=1e-5)
