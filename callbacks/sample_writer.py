@@ -141,6 +141,8 @@ class SampleWriter(BasePredictionWriter):
             n_nonfinite=np.array(prediction["n_nonfinite"]),
             level_quadrature_error=np.array([prediction.get("quadrature_error_per_level", {}).get(lvl, np.nan)
                                              for lvl in levels], dtype=np.float64),
+            level_log_ratio_mean=np.array([prediction.get("log_ratio_mean_per_level", {}).get(lvl, np.nan)
+                                           for lvl in levels], dtype=np.float64),
             **level_health_arrays(prediction),
             seconds=np.array(prediction["seconds"]),
             **({"labels": prediction["labels"].cpu().numpy()} if prediction.get("labels") is not None else {}),
@@ -222,7 +224,8 @@ class SampleWriter(BasePredictionWriter):
                 for level, rate in stats["accept_rate_per_level"].items():
                     experiment.add_scalar("sampler/accept_rate_per_level", rate, int(level))
                 # the tuned ε per level next to the acceptance, and the quadrature error estimate
-                for tag, key in (("step_size", "step_sizes"), ("quadrature_error", "quadrature_error_per_level")):
+                for tag, key in (("step_size", "step_sizes"), ("quadrature_error", "quadrature_error_per_level"),
+                                 ("log_ratio_mean", "log_ratio_mean_per_level")):
                     for level, value in stats.get(key, {}).items():
                         experiment.add_scalar(f"sampler/{tag}_per_level", value, int(level))
                 for level in stats.get("nonfinite_sample_share_per_level", {}):  # 1 marks a degenerate level
@@ -258,6 +261,8 @@ class SampleWriter(BasePredictionWriter):
             "nfe_per_sample": float(np.mean([float(s["nfe"]) for s in shards])),
             "n_nonfinite_log_ratios": int(sum(int(s["n_nonfinite"]) for s in shards)),
             **quadrature_error_stats(shards),
+            **({"log_ratio_mean_per_level": means}
+               if (means := per_level_mean(shards, "levels", "level_log_ratio_mean")) else {}),
             **step_table_stats(getattr(pl_module, "step_table_record", None)),
             "sampling_seconds": sampling_seconds,
             "samples_per_second": len(indices) / sampling_seconds if sampling_seconds > 0 else None,

@@ -4,6 +4,7 @@ path, and training runs apart from sampling runs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,10 @@ def test_predict_run_logs_what_distinguishes_samplers_and_declares_its_metrics(t
     assert session.metric_tags[:3] == ["metrics/ll", "metrics/w2", "metrics/gmm"]
     tags = scalar_tags(run_dir)
     assert "hp_metric" not in tags and {"metrics/w2", "metrics/n_nonfinite_log_ratios"} <= tags
-    assert "sampler/accept_rate_per_level" in tags  # the per-level curve, one tag across runs
+    # the per-level curves, one tag each across runs: acceptance and the MH log-ratio's mean
+    assert {"sampler/accept_rate_per_level", "sampler/log_ratio_mean_per_level"} <= tags
+    stats = json.loads((run_dir / "stats.json").read_text())
+    assert len(stats["log_ratio_mean_per_level"]) == len(stats["accept_rate_per_level"]) == 100
 
 
 def test_fit_run_writes_no_hparams_session_and_no_placeholder(tmp_path: Path):

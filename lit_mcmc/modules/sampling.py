@@ -395,6 +395,7 @@ class SamplingModule(L.LightningModule):
             "quadrature_error_per_level": info.quadrature_error_per_level,  # line/curve corrections only
             "nonfinite_sample_share_per_level": info.nonfinite_sample_share_per_level,
             "nonfinite_log_ratio_share_per_level": info.nonfinite_log_ratio_share_per_level,
+            "log_ratio_mean_per_level": info.log_ratio_mean_per_level,  # MH kernels only
             "seconds": time.perf_counter() - start,
         }
         if labels is not None:

@@ -72,6 +72,7 @@ class ChainInfo:
     quadrature_error_count: int = 0
     quadrature_error_per_level: dict[int, float] = field(default_factory=dict)
     nonfinite_log_ratio_share_per_level: dict[int, float] = field(default_factory=dict)
+    log_ratio_mean_per_level: dict[int, float] = field(default_factory=dict)
     nonfinite_sample_share_per_level: dict[int, float] = field(default_factory=dict)
     degenerate_levels: dict[int, dict[str, str]] = field(default_factory=dict)  # level -> {problem: detail}
     _pending: Tensor | None = field(default=None, repr=False)  # [non-finite, sum, count] not yet synced
@@ -130,6 +131,7 @@ class ChainInfo:
             self.accept_rate_per_level[level] = other.accept_rate
             if other.adjusted:
                 self.nonfinite_log_ratio_share_per_level[level] = other.n_nonfinite / (other.n_steps * other.batch_size)
+                self.log_ratio_mean_per_level[level] = other.log_ratio_mean
         if level is not None and other.quadrature_error_count:
             self.quadrature_error_per_level[level] = other.quadrature_error_mean
 
