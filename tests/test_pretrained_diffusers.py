@@ -432,14 +432,19 @@ def tiny_config(name: str, pipelines: Path, tmp_path: Path) -> tuple[dict, Path]
     return config, path
 
 
-@pytest.mark.slow
-def test_latent_prompt_product_config_writes_decoded_images(pipelines: Path, tmp_path: Path, restore_environ):
+def predict(name: str, pipelines: Path, tmp_path: Path) -> tuple[dict, Path, np.lib.npyio.NpzFile]:
+    """``lit-mcmc predict`` on the tiny version of configs/diffusers/<name>.yaml: (config, run dir, samples.npz)."""
     from lit_mcmc.cli import main
 
-    config, path = tiny_config("sample_sd15_prompt_product_hmc", pipelines, tmp_path)
+    config, path = tiny_config(name, pipelines, tmp_path)
     main(["predict", "--config", str(path)])
     out = Path(config["trainer"]["default_root_dir"])
-    merged = np.load(out / "samples.npz")
+    return config, out, np.load(out / "samples.npz")
+
+
+@pytest.mark.slow
+def test_latent_prompt_product_config_writes_decoded_images(pipelines: Path, tmp_path: Path, restore_environ):
+    config, out, merged = predict("sample_sd15_prompt_product_hmc", pipelines, tmp_path)
     assert merged["samples"].shape == (3, 4, RESOLUTION, RESOLUTION) and np.isfinite(merged["samples"]).all()
     assert merged["images"].shape == (3, 3, 2 * RESOLUTION, 2 * RESOLUTION)
     assert np.abs(merged["images"]).max() <= 1
@@ -454,12 +459,7 @@ def test_latent_prompt_product_config_writes_decoded_images(pipelines: Path, tmp
 
 @pytest.mark.slow
 def test_if_tapestry_config_runs_with_learned_variance(pipelines: Path, tmp_path: Path, restore_environ):
-    from lit_mcmc.cli import main
-
-    config, path = tiny_config("sample_if_tapestry_la", pipelines, tmp_path)
-    main(["predict", "--config", str(path)])
-    out = Path(config["trainer"]["default_root_dir"])
-    merged = np.load(out / "samples.npz")
+    config, out, merged = predict("sample_if_tapestry_la", pipelines, tmp_path)
     assert merged["samples"].shape == (3, 3, 2 * RESOLUTION, 2 * RESOLUTION) and np.isfinite(merged["samples"]).all()
     assert "images" not in merged.files  # a pixel model: the samples are the images
     stats = json.loads((out / "stats.json").read_text())

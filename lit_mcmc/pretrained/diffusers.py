@@ -514,8 +514,8 @@ def check_local_folder(path: Path, given: str, key: str) -> None:
     if path.is_dir():
         return
     how = ("download it first on a machine with internet access (`huggingface-cli download {id} --local-dir DIR`, "
-           "or `DiffusionPipeline.from_pretrained('{id}').save_pretrained(DIR)`), copy DIR here and set {key} to "
-           "it (relative paths start at model.checkpoint_root); nothing is downloaded at run time")
+           "or load it there with diffusers' DiffusionPipeline and call its save_pretrained(DIR)), copy DIR here and "
+           "set {key} to it (relative paths start at model.checkpoint_root); nothing is downloaded at run time")
     looks_like_hub_id = given.count("/") == 1 and not given.startswith((".", "/", "~")) and not path.exists()
     if looks_like_hub_id:
         raise FileNotFoundError(f"{key}={given!r} looks like a Hugging Face hub id, not a local folder ({path} does "
