@@ -30,6 +30,13 @@ def _weighted_sum(weights: Sequence[float], tensors: Sequence[Tensor]) -> Tensor
     return total
 
 
+def _parts_sq_norm(evaluation: Evaluation) -> Tensor:
+    """Σ_i w_i ‖s_i‖² of one part (‖score‖² for a single diffused density)."""
+    if evaluation.parts_sq_norm is not None:
+        return evaluation.parts_sq_norm
+    return evaluation.score.flatten(1).pow(2).sum(1)
+
+
 class Product(Target):
     """p̃_t(x) = ∏_i p̃_{i,t}(x)^{w_i}: log-densities, scores and exact parts add with weights w_i (default 1)."""
 
@@ -42,6 +49,7 @@ class Product(Target):
         self.parts = list(parts)
         self.weights = weights
         self.has_log_prob = all(p.has_log_prob for p in self.parts)
+        self.feynman_kac = all(p.feynman_kac for p in self.parts)
 
     def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
         if with_log_prob:
@@ -56,6 +64,7 @@ class Product(Target):
             # A learned reverse variance is one model's: the first part that has one (the unconditional model
             # under classifier-free guidance, as that one comes first).
             variance_output=next((e.variance_output for e in evals if e.variance_output is not None), None),
+            parts_sq_norm=_weighted_sum(w, [_parts_sq_norm(e) for e in evals]),
         )
 
     def integrand(self, x: Tensor, t: int) -> Tensor:
@@ -79,6 +88,7 @@ class Mixture(Target):
     """
 
     has_log_prob = True
+    feynman_kac = False  # not a weighted product of diffused densities: particle weights must be exact
 
     def __init__(self, parts: Sequence[Target], weights: Sequence[float] | None = None) -> None:
         if len(parts) == 0:
@@ -202,6 +212,7 @@ class ClassifierGuidance(LabelledGuidance):
                  labels: Tensor | None = None, mh_scale: float | None = None) -> None:
         super().__init__(target, classifier, schedule, scale, labels)
         self.mh_scale = self.scale if mh_scale is None else _check_scale(mh_scale, "mh_scale")
+        self.feynman_kac = target.feynman_kac
 
     def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
         if with_log_prob:
@@ -211,12 +222,16 @@ class ClassifierGuidance(LabelledGuidance):
         t_model = self.schedule.model_t(t, x.shape[0], x.device)
         class_log_prob, class_grad = class_log_prob_and_grad(self.classifier, x, labels, t_model)
         mh_term = self.mh_scale * class_log_prob
+        # p_t(y|x) = q_{c,t}/q_{u,t} up to a constant, taking the inner target's score for q_u's: the classifier adds
+        # λ(‖s_c‖² − ‖s_u‖²) = λ(2⟨s_u, g⟩ + ‖g‖²) to Σ w_i ‖s_i‖², g = ∇ log p_t(y|x) (Feynman–Kac weights).
+        class_sq = self.scale * (2 * (inner.score * class_grad).flatten(1).sum(1) + class_grad.flatten(1).pow(2).sum(1))
         return Evaluation(
             score=inner.score + self.scale * class_grad,
             integrand=inner.integrand,
             exact=inner.exact + mh_term,
             log_prob=inner.log_prob + mh_term if with_log_prob else None,  # type: ignore[operator]
             variance_output=inner.variance_output,
+            parts_sq_norm=_parts_sq_norm(inner) + class_sq,
         )
 
     def integrand(self, x: Tensor, t: int) -> Tensor:
@@ -256,6 +271,8 @@ class ReconstructionGuidance(LabelledGuidance):
         scale: the guidance scale λ >= 0.
         labels: the class of each sample, LongTensor [B]; usually set per batch with :meth:`with_labels`.
     """
+
+    feynman_kac = False  # a classifier on x̂_0 is not a ratio of diffused densities
 
     def __init__(self, target: Target, classifier: nn.Module, scale: float, labels: Tensor | None = None) -> None:
         schedule = getattr(target, "schedule", None)

@@ -119,22 +119,33 @@ class NoiseSchedule:
         output v (``variance_output``, shaped like x; guided-diffusion's learned σ). No noise is added at t = 0
         (the result is then at the data level).
         """
+        if t == 0 or noise is None:
+            return self._reverse_mean(x, t, score)
+        mean, std = self.reverse_mean_and_std(x, t, score, variance, variance_output)
+        return mean + std * noise
+
+    def _reverse_mean(self, x: Tensor, t: int, score: Tensor) -> Tensor:
         self.check_level(t)
         beta = float(self.betas[t])
-        mean = (x + beta * score) / math.sqrt(1.0 - beta)
-        if t == 0 or noise is None:
-            return mean
+        return (x + beta * score) / math.sqrt(1.0 - beta)
+
+    def reverse_mean_and_std(self, x: Tensor, t: int, score: Tensor, variance: ReverseVariance = "beta",
+                             variance_output: Tensor | None = None) -> tuple[Tensor, float | Tensor]:
+        """The reverse kernel N(mean, s_t² I) of :meth:`reverse_step` from level t (s_t a float, or a tensor shaped
+        like x for a learned variance); particle weights need its density."""
+        mean = self._reverse_mean(x, t, score)
+        beta = float(self.betas[t])
         if variance == "beta":
-            return mean + math.sqrt(beta) * noise
+            return mean, math.sqrt(beta)
         if variance == "posterior":
-            return mean + math.sqrt(float(self.posterior_variance[t])) * noise
+            return mean, math.sqrt(float(self.posterior_variance[t]))
         if variance == "learned":
             if variance_output is None:
                 raise ValueError("reverse variance='learned' needs a model that predicts its variance (learned σ: an "
                                  "ADM/diffusers network with twice the input channels); use 'beta' or 'posterior'")
             frac = (variance_output.to(x.dtype) + 1) / 2
             log_var = frac * math.log(beta) + (1 - frac) * float(self.posterior_log_variance_clipped[t])
-            return mean + torch.exp(0.5 * log_var) * noise
+            return mean, torch.exp(0.5 * log_var)
         raise ValueError(f"reverse variance={variance!r} is not one of {list(REVERSE_VARIANCES)}")
 
 

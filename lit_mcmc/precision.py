@@ -63,6 +63,7 @@ class AutocastTarget(Target):
         self.target = target
         self.dtype = dtype
         self.has_log_prob = target.has_log_prob
+        self.feynman_kac = target.feynman_kac
 
     def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
         with torch.autocast(x.device.type, dtype=self.dtype):

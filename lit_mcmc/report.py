@@ -49,7 +49,8 @@ HPARAM_COLUMNS: tuple[Column, ...] = (
     _same("quadrature", TEXT), _same("flip_on_reject", FLAG), _same("carry_momentum", FLAG), _same("reverse", FLAG),
     _same("reverse_variance", TEXT), _same("min_mcmc_level"), _same("step_table", TEXT), _same("tune_samples"),
     _same("tune_steps"), _same("levels"), _same("guidance_scale"), _same("mh_scale"), _same("n_samples"),
-    _same("seed"), _same("precision", TEXT),
+    _same("seed"), _same("precision", TEXT), _same("resample", TEXT), _same("resample_group_size"),
+    _same("resample_ess_threshold"), _same("resample_final", TEXT), _same("final_denoise", FLAG),
 )
 HPARAM_KEYS = tuple(column.key for column in HPARAM_COLUMNS)
 # Columns shown whatever the runs hold, so that a row always says which sampler on which model it is.
@@ -59,7 +60,10 @@ TOY2D_METRICS = (Column("ll", "LL ↑"), Column("w2", "W2 ↓"), Column("gmm", "
 IMAGE_METRICS = (Column("r3_accuracy", "accuracy (R3) ↑"), Column("top1_accuracy", "top-1 ↑"), Column("fid", "FID ↓"))
 SAMPLER_METRICS = (Column("accept_rate", "acceptance"), Column("nfe_per_sample", "NFE/sample"),
                    Column("samples_per_second", "samples/s"), Column("n_nonfinite_log_ratios", "non-finite log-ratios"),
-                   Column("quadrature_error_mean", "quadrature error"), Column("wall_seconds", "wall s"))
+                   Column("quadrature_error_mean", "quadrature error"), Column("wall_seconds", "wall s"),
+                   Column("ess_mean", "ESS (mean)"), Column("resampling_events", "resamplings"),
+                   Column("log_z_mean", "log Ẑ"), Column("log_z_se", "log Ẑ s.e."),
+                   Column("unique_ancestors_mean", "unique ancestors"))
 QUALITY_METRICS = (*TOY2D_METRICS, *IMAGE_METRICS)
 KNOWN_METRICS = {column.key: column for column in (*QUALITY_METRICS, *SAMPLER_METRICS)}
 
@@ -112,7 +116,11 @@ def model_identifier(components: Mapping[str, Any]) -> str:
 def relevant_keys(hparams: Mapping[str, Any]) -> set[str]:
     """The hyper-parameters a run's kernel and composition use (a Langevin run has no leapfrog steps, ...)."""
     used = {"sampler", "model", "kernel", "composition", "guidance_scale", "mh_scale", "levels", "n_samples", "seed",
-            "precision"}
+            "precision", "resample"}
+    if _present(hparams.get("resample")):
+        used |= {"resample_group_size", "resample_ess_threshold", "resample_final"}
+    if not hparams.get("reverse", True):
+        used.add("final_denoise")
     kernel, correction = hparams.get("kernel"), hparams.get("correction")
     if hparams.get("reverse", True):
         used.add("reverse_variance")
@@ -150,6 +158,7 @@ def sampler_hparams(sampler: Any, composition: Any, components: Mapping[str, Any
     """What distinguishes a sampling run (stats.json's ``hparams``): sampler, kernel settings, composition, levels,
     seed, precision and a short model identifier; no paths (a reused step table is named by its run folder)."""
     fields = {key: _field(sampler, key) for key in HPARAM_KEYS}
+    fields.update(resample_hparams(_field(sampler, "resample")))
     step_table = _field(sampler, "step_table")
     fields.update(
         sampler=sampler.name, model=model_identifier(components), composition=_field(composition, "kind"),
@@ -157,6 +166,14 @@ def sampler_hparams(sampler: Any, composition: Any, components: Mapping[str, Any
         seed=seed, precision=precision, n_samples=None,
         step_table=PurePath(step_table).parent.name or short_path_name(step_table) if step_table else None)
     return distinguishing(fields)
+
+
+def resample_hparams(resample: Any) -> dict[str, Any]:
+    """The particle settings as flat columns: ``resample`` (the weights, or "none") and, when on, the rest."""
+    if resample is None:
+        return {"resample": "none"}
+    return {"resample": _field(resample, "weights"), "resample_group_size": _field(resample, "group_size"),
+            "resample_ess_threshold": _field(resample, "ess_threshold"), "resample_final": _field(resample, "final")}
 
 
 def run_hparams(stats: Mapping[str, Any]) -> dict[str, Any]:

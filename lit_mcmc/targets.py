@@ -33,6 +33,9 @@ class Evaluation:
         log_prob: the whole log p̃_t(x), shape [B], when asked for and available; otherwise None.
         variance_output: a learned-σ model's variance output v ∈ [−1, 1], shaped like x (the reverse step's
             ``variance="learned"`` uses it; the MCMC kernels ignore it); None for other targets.
+        parts_sq_norm: Σ_i w_i ‖s_i‖², shape [B], over the diffused densities q_i whose weighted scores the score
+            sums (compositions set it); None for one diffused density, where it is ‖score‖². Feynman–Kac particle
+            weights use it (docs/algorithms.md §14).
     """
 
     score: Tensor
@@ -40,6 +43,7 @@ class Evaluation:
     exact: Tensor
     log_prob: Tensor | None = None
     variance_output: Tensor | None = None
+    parts_sq_norm: Tensor | None = None
 
     def where(self, mask: Tensor, other: Evaluation) -> Evaluation:
         """Per-sample choice: rows of ``self`` where ``mask`` is True, rows of ``other`` elsewhere."""
@@ -49,13 +53,30 @@ class Evaluation:
         var = None
         if self.variance_output is not None and other.variance_output is not None:
             var = where_rows(mask, self.variance_output, other.variance_output)
+        sq = None
+        if self.parts_sq_norm is not None and other.parts_sq_norm is not None:
+            sq = torch.where(mask, self.parts_sq_norm, other.parts_sq_norm)
         return Evaluation(
             score=where_rows(mask, self.score, other.score),
             integrand=where_rows(mask, self.integrand, other.integrand),
             exact=torch.where(mask, self.exact, other.exact),
             log_prob=lp,
             variance_output=var,
+            parts_sq_norm=sq,
         )
+
+    def rows(self, index: Tensor) -> Evaluation:
+        """The evaluation of the samples ``index`` ([B] rows, repeats allowed): what resampling keeps."""
+        def pick(value: Tensor | None) -> Tensor | None:
+            return None if value is None else value.index_select(0, index)
+
+        return Evaluation(pick(self.score), pick(self.integrand), pick(self.exact), pick(self.log_prob),  # type: ignore[arg-type]
+                          pick(self.variance_output), pick(self.parts_sq_norm))
+
+    def sq_norm_gap(self) -> Tensor:
+        """‖S‖² − Σ_i w_i ‖s_i‖² per sample: the Feynman–Kac weight rate over ½β (zero for one diffused density)."""
+        sq = self.score.flatten(1).pow(2).sum(1)
+        return sq - self.parts_sq_norm if self.parts_sq_norm is not None else torch.zeros_like(sq)
 
 
 class Target(ABC):
@@ -66,6 +87,9 @@ class Target(ABC):
     """
 
     has_log_prob: bool = False
+    # Whether its evaluations carry what Feynman–Kac weights need (``Evaluation.parts_sq_norm`` where it combines
+    # several diffused densities); a composition that is not a weighted product of them sets it False.
+    feynman_kac: bool = True
 
     @abstractmethod
     def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:

@@ -53,7 +53,8 @@ def test_predict_run_logs_what_distinguishes_samplers_and_declares_its_metrics(t
     # HPARAMS' column order: names sort as the columns should appear, the display names are the plain keys
     assert session.hparam_labels == list(HPARAM_KEYS) and session.hparam_names == sorted(session.hparam_names)
     assert session.hparam_labels[:5] == ["sampler", "model", "step_size", "n_steps", "composition"]
-    assert set(session.hparams) == SAMPLER_HPARAMS | {"min_mcmc_level"}
+    assert set(session.hparams) == SAMPLER_HPARAMS | {"min_mcmc_level", "final_denoise"}
+    assert session.hparams["final_denoise"] is False
     assert session.hparams["sampler"] == "HMC" and session.hparams["model"] == "toy2d_gmm+toy2d_bar"
     assert session.hparams["step_size"] == 0.03 and session.hparams["n_samples"] == 16
     # no CLI internals, no paths, no unused settings (HMC with a constant step: no a, b; energy correction: no nodes)

@@ -216,6 +216,15 @@ class PromptGroup:
             total = total + weight * (eps_prompt - eps[0])
         return total
 
+    def sq_norm(self, eps: Tensor) -> Tensor:
+        """(1 − Σᵢwᵢ)‖ε(∅)‖² + Σᵢ wᵢ‖ε(cᵢ)‖² per sample, from ε stacked [k+1, B, ...]: Σ w‖s‖² times σ_t² of the
+        densities the product combines (Feynman–Kac particle weights)."""
+        norms = eps.flatten(2).pow(2).sum(2)  # [k+1, B]
+        total = (1.0 - sum(self.weights)) * norms[0]
+        for weight, norm in zip(self.weights, norms[1:], strict=True):
+            total = total + weight * norm
+        return total
+
     @staticmethod
     def variance(variances: Tensor) -> Tensor:
         """The learned variance of the first prompt (the unconditional one without prompts), as diffusers' IF
@@ -237,6 +246,10 @@ class _PromptComposition(DensityTarget):
 
     def _group_eps(self, crops: Sequence[Tensor], t: int) -> list[tuple[Tensor, Tensor | None]]:
         """Each group's combined ε (and learned variance) on its crop [B, C, h, w], from one UNet call."""
+        return [(eps, variance) for eps, variance, _ in self._group_outputs(crops, t)]
+
+    def _group_outputs(self, crops: Sequence[Tensor], t: int) -> list[tuple[Tensor, Tensor | None, Tensor]]:
+        """Each group's combined ε, learned variance and :meth:`PromptGroup.sq_norm`, from one UNet call."""
         batch = crops[0].shape[0]
         inputs = torch.cat([crop.repeat(group.size, *([1] * (crop.dim() - 1)))
                             for crop, group in zip(crops, self.groups, strict=True)])
@@ -250,7 +263,7 @@ class _PromptComposition(DensityTarget):
             start += group.size * batch
             stacked = eps[rows].unflatten(0, (group.size, batch))
             var = None if variance is None else PromptGroup.variance(variance[rows].unflatten(0, (group.size, batch)))
-            results.append((group.combine(stacked), var))
+            results.append((group.combine(stacked), var, group.sq_norm(stacked)))
         return results
 
     def _evaluation(self, eps: Tensor, variance: Tensor | None, t: int) -> Evaluation:
@@ -283,8 +296,10 @@ class PromptProduct(_PromptComposition):
     def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
         if with_log_prob:
             self.require_log_prob("with_log_prob=True")
-        ((eps, variance),) = self._group_eps([x], t)
-        return self._evaluation(eps, variance, t)
+        ((eps, variance, eps_sq_norm),) = self._group_outputs([x], t)
+        evaluation = self._evaluation(eps, variance, t)
+        evaluation.parts_sq_norm = eps_sq_norm / float(self.schedule.marginal_std[t]) ** 2
+        return evaluation
 
 
 @dataclass
@@ -328,6 +343,7 @@ class Tapestry(_PromptComposition):
     covering each pixel (an average instead of a product where regions overlap). MCMC-corr's tapestry code
     (ALGORITHMS.md §9) merges the regions' ε with a weighted average (edge fall-off weights), i.e. normalised;
     ``normalize=True`` is its uniform-weight form. All regions' crops go through the UNet in one batched call.
+    Feynman–Kac particle weights do not apply (a product of crops is not a product of diffused densities of x).
 
     Args:
         unet: a text-conditional diffusers UNet whose resolution is every region's ``size``.
@@ -338,6 +354,8 @@ class Tapestry(_PromptComposition):
         normalize: divide by the number of regions covering each pixel.
         resolution: the UNet's input size (``unet.config.sample_size``); regions of another size are an error.
     """
+
+    feynman_kac = False
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, regions: Sequence[Region], canvas: Sequence[int],
                  prediction_type: str = "epsilon", normalize: bool = False, resolution: int | None = None) -> None:

@@ -31,6 +31,7 @@ from lit_mcmc.samplers.config import SamplerConfig
 from lit_mcmc.samplers.kernels import ChainInfo, ChainState
 from lit_mcmc.samplers.random import PerSampleRandom, RandomStream
 from lit_mcmc.samplers.schedules import LevelValue, StepTable, value_at
+from lit_mcmc.targets import Evaluation
 
 TABLE_FORMAT = "lit_mcmc.step_sizes/1"
 TABLE_FILE = "step_sizes.json"
@@ -175,10 +176,10 @@ class LevelAdapter:
             averaging.update(float(acceptance_probability(step_info.log_ratio).mean()))  # type: ignore[arg-type]
         return averaging.final_step
 
-    def __call__(self, x: Tensor, level: int, momentum: Tensor | None,
-                 rng: RandomStream) -> tuple[ChainState, ChainInfo]:
+    def __call__(self, x: Tensor, level: int, momentum: Tensor | None, rng: RandomStream,
+                 evaluation: Evaluation | None = None) -> tuple[ChainState, ChainInfo]:
         self.steps[level] = self.step.value = self.adapt(x, level, momentum, rng)
-        state, info = self.sampler.run_level(x, level, momentum, rng)
+        state, info = self.sampler.run_level(x, level, momentum, rng, evaluation)
         self.accept_rates[level] = info.accept_rate
         self._previous = level
         return state, info
@@ -205,6 +206,7 @@ def tune_step_sizes(build: Callable[[LevelValue], AnnealedSampler], initial: Lev
     step = AdaptedStep()
     sampler = build(step)
     sampler.degeneracy = None  # the tuning chains adapt their steps: the sampling pass is what gets checked
+    sampler.resample = None  # and run as independent chains: particle weights do not change the MCMC kernel
     if sampler.kernel is None or sampler.kernel.correction is None:
         raise ValueError("step-size tuning needs an MH kernel (MALA or HMC with a correction)")
     adapter = LevelAdapter(sampler, step, initial, target_accept, n_iterations)

@@ -5,10 +5,17 @@ K kernel steps at the level it has reached. The levels each sampler visits are e
 same for every kernel — the reference codebases disagree here (ALGORITHMS.md §11.6). Without a reverse step
 (the papers' 2D experiment), MCMC runs at every level T−1 … 0 starting from x ~ N(0, I); with it (images), x
 starts at level T−1, and MCMC runs after each reverse step at levels T−2 … 0.
+
+With particle resampling (``samplers/particles.py``) the particles' weights change with every move between
+levels, and a group whose weights have degenerated resamples when it arrives at a level, before that level's MCMC
+steps (resample-move SMC). ``final_denoise`` ends a run without reverse steps with Tweedie's estimate
+x̂_0 = (x + σ_0² S(x, 0))/√ᾱ_0 from the last state's cached score (no extra evaluation); with reverse steps the last
+one (from level 0, without noise) already is that estimate.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,11 +26,13 @@ from tqdm.auto import tqdm
 from lit_mcmc.diffusion import REVERSE_VARIANCES, NoiseSchedule, ReverseVariance
 from lit_mcmc.samplers.diagnostics import DegeneracyThresholds, DegenerateSampling
 from lit_mcmc.samplers.kernels import ChainInfo, ChainState, Kernel
+from lit_mcmc.samplers.particles import Particles, ResampleConfig, WithLogProb
 from lit_mcmc.samplers.random import RandomStream, as_random_stream
-from lit_mcmc.targets import Target
+from lit_mcmc.targets import Evaluation, Target
 
-# (x, level, momentum or None, random stream) -> (final state, statistics): what runs the kernel at one level.
-LevelRunner = Callable[[Tensor, int, Tensor | None, RandomStream], tuple[ChainState, ChainInfo]]
+# (x, level, momentum or None, random stream, evaluation at (x, level) or None) -> (final state, statistics): what
+# runs the kernel at one level.
+LevelRunner = Callable[[Tensor, int, Tensor | None, RandomStream, Evaluation | None], tuple[ChainState, ChainInfo]]
 
 
 @dataclass(frozen=True)
@@ -50,11 +59,15 @@ class AnnealedSampler:
             ``ChainInfo.degenerate_levels``); None checks nothing.
         fail_on_degenerate: raise :class:`~lit_mcmc.samplers.diagnostics.DegenerateSampling` at the first
             degenerate level instead of going on.
+        resample: particle resampling between levels (weights, group size, ESS threshold, final output); None
+            runs independent chains.
+        final_denoise: end with Tweedie's x̂_0 (runs without reverse steps only).
     """
 
     def __init__(self, target: Target, schedule: NoiseSchedule, kernel: Kernel | None = None, n_steps: int = 0,
                  reverse: bool = True, reverse_variance: ReverseVariance = "beta", min_mcmc_level: int = 0,
-                 degeneracy: DegeneracyThresholds | None = None, fail_on_degenerate: bool = False) -> None:
+                 degeneracy: DegeneracyThresholds | None = None, fail_on_degenerate: bool = False,
+                 resample: ResampleConfig | None = None, final_denoise: bool = False) -> None:
         if kernel is None and not reverse:
             raise ValueError("a sampler with no kernel must take reverse steps (reverse=True)")
         if int(n_steps) != n_steps or n_steps < 0:
@@ -63,6 +76,13 @@ class AnnealedSampler:
             kernel.check_target(target)
         if reverse_variance not in REVERSE_VARIANCES:
             raise ValueError(f"reverse_variance={reverse_variance!r} is not one of {list(REVERSE_VARIANCES)}")
+        if final_denoise and reverse:
+            raise ValueError("sampler.final_denoise applies to samplers without reverse steps: with reverse: true the "
+                             "last reverse step (from level 0, without noise) already returns Tweedie's x̂_0")
+        if resample is not None:
+            resample.strategy().check(target, reverse)
+            if resample.weights == "exact":
+                target = WithLogProb(target)
         self.target = target
         self.schedule = schedule
         self.kernel = kernel
@@ -72,6 +92,8 @@ class AnnealedSampler:
         self.min_mcmc_level = min_mcmc_level
         self.degeneracy = degeneracy
         self.fail_on_degenerate = fail_on_degenerate
+        self.resample = resample
+        self.final_denoise = final_denoise
 
     def plan(self) -> list[LevelPlan]:
         """The iterations, in order: which reverse step and which MCMC level each performs."""
@@ -105,9 +127,13 @@ class AnnealedSampler:
         run_level = run_level or self.run_level
         info = ChainInfo(batch_size=x.shape[0], adjusted=self.kernel is not None and self.kernel.correction is not None)
         state: ChainState | None = None  # the last kernel state: its cached evaluation serves the next reverse step
-        plan = self.plan()
+        particles = Particles(self.resample, x) if self.resample is not None else None
+        level = self.schedule.T - 1  # where x is now
         with torch.no_grad():
-            for step in tqdm(plan, desc="levels", disable=not progress, leave=False):
+            if particles is not None:
+                particles.leave(particles.weights.leave_start(x))
+                x, state = self._arrive(particles, x, level, None, rng, info)
+            for step in tqdm(self.plan(), desc="levels", disable=not progress, leave=False):
                 if step.reverse_from is not None:
                     t = step.reverse_from
                     if state is not None and state.t == t:
@@ -116,24 +142,68 @@ class AnnealedSampler:
                         evaluation = self.target.evaluate(x, t)
                         info.nfe += 1
                     noise = rng.normal(x) if t > 0 else None
-                    x = self.schedule.reverse_step(x, t, evaluation.score, noise, self.reverse_variance,
-                                                   evaluation.variance_output)
-                    state = None
+                    x_new = self.schedule.reverse_step(x, t, evaluation.score, noise, self.reverse_variance,
+                                                       evaluation.variance_output)
+                    if particles is not None:
+                        particles.leave(particles.weights.leave_reverse(x, x_new, t, evaluation, self.schedule,
+                                                                        self.reverse_variance))
+                    x, state, level = x_new, None, t - 1
+                elif particles is not None and step.mcmc_level != level:
+                    assert state is not None
+                    particles.leave(particles.weights.leave_carried(state.evaluation))
+                    level = step.mcmc_level  # type: ignore[assignment]
+                if particles is not None and level >= 0 and (state is None or state.t != level):
+                    x, state = self._arrive(particles, x, level, state, rng, info)
                 if step.mcmc_level is not None:
                     assert self.kernel is not None
                     momentum = state.momentum if (state is not None and self.kernel.carries_momentum) else None
-                    state, level_info = run_level(x, step.mcmc_level, momentum, rng)
+                    cached = state.evaluation if (state is not None and state.t == step.mcmc_level) else None
+                    state, level_info = run_level(x, step.mcmc_level, momentum, rng, cached)
                     x = state.x
                     info.merge(level_info, level=step.mcmc_level)
                 if self.degeneracy is not None:
                     self._check_level(x, step, info)
+            if self.final_denoise:
+                x = self._denoise(x, state, info)
+            if particles is not None:
+                index, info.particles = particles.finish(rng, x)
+                if index is not None:
+                    x = x.index_select(0, index)
         return x, info
+
+    def _arrive(self, particles: Particles, x: Tensor, level: int, state: ChainState | None, rng: RandomStream,
+                info: ChainInfo) -> tuple[Tensor, ChainState | None]:
+        """Complete the particles' weights at ``level`` (evaluating there when the weights need it: that evaluation
+        is what the level's MCMC steps start from), resample, and return the kept rows of x and of that state."""
+        evaluation = None
+        if particles.weights.needs_log_prob:
+            evaluation = self.target.evaluate(x, level, with_log_prob=True)
+            info.nfe += 1
+        index = particles.arrive(level, evaluation, rng, x)
+        momentum = state.momentum if state is not None else None
+        x = x.index_select(0, index)
+        if momentum is not None:
+            momentum = momentum.index_select(0, index)
+        if evaluation is not None:
+            return x, ChainState(x, evaluation.rows(index), level, momentum)
+        return x, None if state is None else ChainState(x, state.evaluation.rows(index), state.t, momentum)
+
+    def _denoise(self, x: Tensor, state: ChainState | None, info: ChainInfo) -> Tensor:
+        """Tweedie's x̂_0 = (x + σ_0² S(x, 0))/√ᾱ_0, with the cached score at level 0 when there is one."""
+        if state is not None and state.t == 0:
+            score = state.evaluation.score
+        else:
+            score = self.target.evaluate(x, 0).score
+            info.nfe += 1
+        variance = float(self.schedule.marginal_std[0]) ** 2
+        return (x + variance * score) / math.sqrt(float(self.schedule.alphas_cumprod[0]))
 
     def _check_level(self, x: Tensor, step: LevelPlan, info: ChainInfo) -> None:
         """Record the level's share of non-finite samples and flag it when it is degenerate (one host read)."""
         assert self.degeneracy is not None
         level = step.mcmc_level if step.mcmc_level is not None else step.reverse_from
-        assert level is not None
+        if level is None:  # no reverse step and no MCMC here (reverse: false below min_mcmc_level): nothing to check
+            return
         nonfinite = float((~torch.isfinite(x.flatten(1))).any(1).double().mean())
         info.nonfinite_sample_share_per_level[level] = nonfinite
         accept = info.accept_rate_per_level.get(level) if info.adjusted and step.mcmc_level is not None else None
@@ -148,8 +218,8 @@ class AnnealedSampler:
                 "sampler.fail_on_degenerate is true. Smaller steps (sampler.step_size or step_a) usually help; "
                 "non-finite samples point to a diverged model")
 
-    def run_level(self, x: Tensor, level: int, momentum: Tensor | None,
-                  rng: RandomStream) -> tuple[ChainState, ChainInfo]:
-        """The kernel's ``n_steps`` transitions at ``level`` from x."""
+    def run_level(self, x: Tensor, level: int, momentum: Tensor | None, rng: RandomStream,
+                  evaluation: Evaluation | None = None) -> tuple[ChainState, ChainInfo]:
+        """The kernel's ``n_steps`` transitions at ``level`` from x (and its evaluation there, when known)."""
         assert self.kernel is not None
-        return self.kernel.run_chain(self.target, x, level, self.n_steps, rng, momentum)
+        return self.kernel.run_chain(self.target, x, level, self.n_steps, rng, momentum, evaluation)

@@ -10,6 +10,7 @@ from lit_mcmc.samplers.annealed import AnnealedSampler
 from lit_mcmc.samplers.corrections import QuadratureName, check_quadrature
 from lit_mcmc.samplers.diagnostics import DegeneracyThresholds
 from lit_mcmc.samplers.kernels import HMC, MALA, UHMC, ULA, Kernel
+from lit_mcmc.samplers.particles import ResampleConfig
 from lit_mcmc.samplers.schedules import BetaPower, LevelValue
 from lit_mcmc.targets import Target
 
@@ -41,6 +42,11 @@ class SamplerConfig:
     Degenerate levels (``samplers/diagnostics.py``): a level whose acceptance is below ``min_accept_rate``, or where
     more than ``max_nonfinite_share`` of the MH log-ratios or of the samples are not finite, is reported (console,
     ``stats.json`` ``degenerate_levels``, TensorBoard); ``fail_on_degenerate: true`` stops the run there instead.
+
+    Particles (``samplers/particles.py``): ``resample`` (``{weights: exact | feynman_kac, group_size, ess_threshold,
+    final: resample | weighted}``) weighs and resamples groups of consecutive samples between levels (SMC
+    resample-move); null runs independent chains. ``final_denoise``: end a run without reverse steps with Tweedie's
+    x̂_0 (no extra evaluation; off by default, as in the papers).
     """
 
     kernel: KernelName = "reverse"
@@ -67,9 +73,18 @@ class SamplerConfig:
     min_accept_rate: float = 0.01
     max_nonfinite_share: float = 0.01
     fail_on_degenerate: bool = False
+    resample: ResampleConfig | None = None
+    final_denoise: bool = False
 
     def __post_init__(self) -> None:
         key = "sampler"
+        if self.final_denoise and self.reverse:
+            raise ValueError(f"{key}.final_denoise applies to samplers without reverse steps (reverse: false): with "
+                             "reverse: true the last reverse step (from level 0, without noise) already returns "
+                             "Tweedie's x̂_0; remove it")
+        if self.resample is not None and self.resample.weights == "feynman_kac" and not self.reverse:
+            raise ValueError(f"{key}.resample.weights='feynman_kac' weighs reverse steps: set {key}.reverse: true, or "
+                             "use weights: exact with energy models or analytic targets")
         if self.kernel not in KERNELS:
             raise ValueError(f"{key}.kernel={self.kernel!r} is not one of {list(KERNELS)}")
         self._check_adaptation(key)
@@ -125,13 +140,16 @@ class SamplerConfig:
 
     @property
     def name(self) -> str:
-        """A short label in the papers' style: Reverse, U-LA, LA-3-line, HMC-curve, HMC (energy) …"""
+        """A short label in the papers' style: Reverse, U-LA, LA-3-line, HMC-curve, HMC (energy) …, with "+SMC"
+        when particles resample (and "+denoise" with final denoising)."""
         base = {"reverse": "Reverse", "ula": "U-LA", "mala": "LA", "uhmc": "U-HMC", "hmc": "HMC"}[self.kernel]
         if self.correction in ("line", "curve"):
             points = f"{self.n_points}-" if self.n_points or self.correction == "line" else ""
             rule = "" if self.quadrature == "trapezoid" else f" ({QUADRATURE_LABELS[self.quadrature]})"
-            return f"{base}-{points}{self.correction}{rule}"
-        return base
+            base = f"{base}-{points}{self.correction}{rule}"
+        if self.resample is not None:
+            base += "+SMC" + ("" if self.resample.weights == "exact" else " (FK)")
+        return base + ("+denoise" if self.final_denoise else "")
 
     @property
     def adapts_steps(self) -> bool:
@@ -169,7 +187,8 @@ class SamplerConfig:
         when given)."""
         kernel = self.build_kernel(schedule, step_sizes)
         return AnnealedSampler(target, schedule, kernel, self.n_steps if kernel else 0, self.reverse,
-                               self.reverse_variance, self.min_mcmc_level, self.degeneracy, self.fail_on_degenerate)
+                               self.reverse_variance, self.min_mcmc_level, self.degeneracy, self.fail_on_degenerate,
+                               self.resample, self.final_denoise)
 
     @property
     def degeneracy(self) -> DegeneracyThresholds:
@@ -177,5 +196,10 @@ class SamplerConfig:
         return DegeneracyThresholds(self.min_accept_rate, self.max_nonfinite_share)
 
     def hparams(self) -> dict[str, object]:
-        """Flat, TensorBoard-friendly hyper-parameters (None becomes "none")."""
-        return {"sampler": self.name, **{k: ("none" if v is None else v) for k, v in asdict(self).items()}}
+        """Flat, TensorBoard-friendly hyper-parameters (None becomes "none"; ``resample`` flattened to
+        ``resample``, ``resample_weights``, ``resample_group_size``, ...)."""
+        flat = {k: ("none" if v is None else v) for k, v in asdict(self).items() if k != "resample"}
+        if self.resample is not None:
+            flat.update({f"resample_{k}": v for k, v in asdict(self.resample).items()})
+        return {"sampler": self.name, **flat, "resample": "none" if self.resample is None else self.resample.weights}
+

@@ -24,6 +24,7 @@ from lit_mcmc.samplers.corrections import (
     dot,
     make_correction,
 )
+from lit_mcmc.samplers.particles import ParticleInfo
 from lit_mcmc.samplers.random import RandomStream, as_random_stream
 from lit_mcmc.samplers.schedules import LevelValue, check_positive, value_at
 from lit_mcmc.targets import Evaluation, Target, where_rows
@@ -75,6 +76,7 @@ class ChainInfo:
     log_ratio_mean_per_level: dict[int, float] = field(default_factory=dict)
     nonfinite_sample_share_per_level: dict[int, float] = field(default_factory=dict)
     degenerate_levels: dict[int, dict[str, str]] = field(default_factory=dict)  # level -> {problem: detail}
+    particles: ParticleInfo | None = None  # with particle resampling: ESS, resampling, log Ẑ, weights
     _pending: Tensor | None = field(default=None, repr=False)  # [non-finite, sum, count] not yet synced
     _pending_quadrature: Tensor | None = field(default=None, repr=False)  # [error sum, count] not yet synced
 
@@ -193,11 +195,14 @@ class Kernel(ABC):
         return ev
 
     def init(self, target: Target, x: Tensor, t: int, momentum: Tensor | None = None,
-             generator: torch.Generator | RandomStream | None = None) -> tuple[ChainState, int]:
-        """(state at x, evaluations per sample it cost)."""
+             generator: torch.Generator | RandomStream | None = None,
+             evaluation: Evaluation | None = None) -> tuple[ChainState, int]:
+        """(state at x, evaluations per sample it cost); ``evaluation``, when given, is the target's at (x, t)."""
         self.check_target(target)
         if x.dim() < 2:
             raise ValueError(f"x must be batched, shape [B, ...], got {tuple(x.shape)}")
+        if evaluation is not None:
+            return ChainState(x, evaluation, t), 0
         return ChainState(x, self.evaluate(target, x, t), t), 1
 
     @abstractmethod
@@ -212,14 +217,15 @@ class Kernel(ABC):
         return state.x, info
 
     def run_chain(self, target: Target, x: Tensor, t: int, n_steps: int,
-                  generator: torch.Generator | RandomStream | None = None,
-                  momentum: Tensor | None = None) -> tuple[ChainState, ChainInfo]:
-        """Like :meth:`run`, returning the final state (its cached evaluation and momentum can be reused)."""
+                  generator: torch.Generator | RandomStream | None = None, momentum: Tensor | None = None,
+                  evaluation: Evaluation | None = None) -> tuple[ChainState, ChainInfo]:
+        """Like :meth:`run`, returning the final state (its cached evaluation and momentum can be reused);
+        ``evaluation``, when given, is the target's at (x, t) (not evaluated again)."""
         if int(n_steps) != n_steps or n_steps < 0:
             raise ValueError(f"n_steps={n_steps} must be a non-negative integer")
         rng = as_random_stream(generator)
         with torch.no_grad():
-            state, nfe = self.init(target, x, t, momentum, rng)
+            state, nfe = self.init(target, x, t, momentum, rng, evaluation)
             info = ChainInfo(batch_size=x.shape[0], adjusted=self.correction is not None, nfe=nfe)
             for _ in range(int(n_steps)):
                 state, step_info = self.step(target, state, rng)
@@ -325,8 +331,9 @@ class HamiltonianKernel(Kernel):
         return value_at(self.mass, t, "mass")
 
     def init(self, target: Target, x: Tensor, t: int, momentum: Tensor | None = None,
-             generator: torch.Generator | RandomStream | None = None) -> tuple[ChainState, int]:
-        state, nfe = super().init(target, x, t)
+             generator: torch.Generator | RandomStream | None = None,
+             evaluation: Evaluation | None = None) -> tuple[ChainState, int]:
+        state, nfe = super().init(target, x, t, evaluation=evaluation)
         if momentum is None:
             momentum = _sqrt(self.mass_at(t, x)) * as_random_stream(generator).normal(x)
         elif momentum.shape != x.shape:
