@@ -22,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 import lit_mcmc.data.toy2d  # noqa: F401  (registers DataModule subclasses for class_path resolution)
 from lit_mcmc.data.indices import SampleIndexDataModule
 from lit_mcmc.modules.diffusion import TrainingDiverged
+from lit_mcmc.runs import claim_run_dir, run_record
 
 
 class ConciseArgumentParser(LightningArgumentParser):
@@ -41,6 +42,15 @@ class LitMCMCCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", ConciseArgumentParser)
         super().__init__(*args, **kwargs)
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):  # type: ignore[no-untyped-def]
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument("--overwrite", action="store_true",
+                                help="if trainer.default_root_dir holds a run (run.json, shards/, samples.npz), "
+                                     "move it aside to <dir>.old-<timestamp> and sample afresh; without it a run with "
+                                     "other settings is refused and a matching one resumes")
+        return parser
 
     def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
         # Samplers (and energy models' validation) need input gradients: no inference mode.
@@ -87,10 +97,25 @@ class LitMCMCCLI(LightningCLI):
 
             writer = find_writer(self.trainer)
             if writer is not None:
+                run_dir = writer.resolve_dir(self.trainer)
                 try:
-                    check_output_dir(writer.resolve_dir(self.trainer), expected_bytes(self.datamodule, self.model))
-                except OSError as err:
+                    check_before_sampling = getattr(self.model, "check_before_sampling", None)
+                    if check_before_sampling is not None:  # step tables: errors before anything is written
+                        check_before_sampling()
+                    note = None
+                    if isinstance(self.datamodule, SampleIndexDataModule):  # resumable: one run per directory
+                        config = self.config[self.subcommand]
+                        # a requeued SLURM job reruns its command line: --overwrite moved the old run on the
+                        # first start, and the requeued one resumes what that start sampled
+                        requeued = int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+                        overwrite = bool(config.get("overwrite")) and not requeued
+                        note = claim_run_dir(run_dir, run_record(config), overwrite,
+                                             write=self.trainer.global_rank == 0)
+                    check_output_dir(run_dir, expected_bytes(self.datamodule, self.model))
+                except (OSError, ValueError) as err:
                     exit_with_one_line(err, str(err))
+                if note and self.trainer.global_rank == 0:
+                    print(f"lit-mcmc: {note}", file=sys.stderr)
         # Checkpoints land in <default_root_dir>/checkpoints (not a per-version folder), so later runs find them.
         root = Path(self.trainer.default_root_dir)
         for callback in self.trainer.checkpoint_callbacks:

@@ -44,3 +44,16 @@ def restore_environ():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def score_checkpoints(tmp_path_factory):
+    """The two 2D score models, tiny, trained by `lit-mcmc fit` (<root>/<name>/checkpoints/last.ckpt): a
+    checkpoint_root for the configs/toy2d/sample_score_* configs."""
+    from test_cli import lit_mcmc, tiny_fit_args
+
+    root = tmp_path_factory.mktemp("train")
+    for name in ("gmm_score", "bar_score"):
+        result = lit_mcmc(*tiny_fit_args(name, root))
+        assert result.returncode == 0, result.stderr[-3000:]
+    return root

@@ -86,7 +86,9 @@ def test_a_resumed_run_reuses_its_table(tmp_path: Path, restore_environ, capsys)
     np.testing.assert_array_equal(resumed["samples"], first["samples"])
     with pytest.raises((SystemExit, ValueError)) as error:  # the CLI reports errors as a message and exit status 2
         main(predict_args(tmp_path, 12, *FAST_TUNING[:1], "0.7", *FAST_TUNING[2:], batch_size=4))
-    assert "tuned with other settings (target_accept differ)" in str(error.value) + capsys.readouterr().err
+    # the run directory's identity check refuses it before any tuning (step_sizes.json is not touched)
+    assert "model.sampler.target_accept was 0.8, now 0.7" in str(error.value) + capsys.readouterr().err
+    assert table.stat().st_mtime_ns == written
 
 
 @pytest.mark.slow

@@ -98,6 +98,7 @@ def test_killed_sampling_resumes_to_the_uninterrupted_samples(tmp_path: Path, re
     rewritten = read_shard(first_shard)  # drawn again and written over the truncated file
     assert rewritten is not None and np.array_equal(rewritten["samples"], reference["samples"][:BATCH])
     assert json.loads((root / "stats.json").read_text())["n_samples"] == N_SAMPLES
+    assert json.loads((root / "run.json").read_text())["n_samples"] == N_SAMPLES  # one run, resumed twice
 
 
 @pytest.mark.slow
@@ -113,8 +114,9 @@ def test_rerun_after_all_shards_only_merges(tmp_path: Path, restore_environ):
     for key, value in merged.items():
         assert np.array_equal(remerged[key], value), key
     # the shards of this run are not silently passed off as the samples of a smaller one
-    with pytest.raises(RuntimeError, match=f"data.n_samples={BATCH}: they are shards of another run"):
+    with pytest.raises(SystemExit) as refused:
         main(predict_args(tmp_path, n_samples=BATCH))
+    assert refused.value.code == 2
 
 
 # ----- SLURM ---------------------------------------------------------------------------------------------------------

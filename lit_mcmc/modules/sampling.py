@@ -28,6 +28,8 @@ from lit_mcmc.report import sampler_hparams
 from lit_mcmc.samplers import AnnealedSampler, PerSampleRandom, SamplerConfig
 from lit_mcmc.samplers.adaptation import (
     StepTuning,
+    check_covers,
+    load_step_table,
     obtain_step_table,
     parse_step_table,
     tune_step_sizes,
@@ -334,6 +336,14 @@ class SamplingModule(L.LightningModule):
                              "sampling keeps them float32: set trainer.precision: 32-true and model.precision (bf16, "
                              "fp16, tf32 or fp32) for the networks")
         self.prepare_step_table()
+
+    def check_before_sampling(self) -> None:
+        """What can be checked before any file is written: a given ``sampler.step_table`` must be readable and
+        cover every level that runs the kernel (the CLI calls this before the run directory is touched)."""
+        config = self.sampler_config
+        if config.step_table is not None:
+            table, _ = load_step_table(config.step_table, key="model.sampler.step_table")
+            check_covers(table, self.sampler.mcmc_levels())
 
     def prepare_step_table(self) -> None:
         """With ``sampler.target_accept`` or ``sampler.step_table``: rank 0 tunes ε per level (or reuses the given
