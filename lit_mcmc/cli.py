@@ -41,6 +41,7 @@ class LitMCMCCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", ConciseArgumentParser)
+        check_command_line(kwargs.get("args") if kwargs.get("args") is not None else sys.argv[1:])
         super().__init__(*args, **kwargs)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):  # type: ignore[no-untyped-def]
@@ -67,6 +68,12 @@ class LitMCMCCLI(LightningCLI):
             init = data["init_args"]
             if init.get("output_dir") is None:
                 init["output_dir"] = config.trainer.default_root_dir or "."
+        if self.subcommand == "fit":
+            for key in ("max_steps", "max_epochs"):
+                if config.trainer.get(key) == 0:
+                    exit_with_one_line(ValueError(key), f"trainer.{key}=0 trains nothing, so no checkpoint would be "
+                                                        "written (nothing was written): give the number of training "
+                                                        f"{key.removeprefix('max_')} (-1: no limit)")
         use_default_tensorboard_logger(config.trainer)  # no hp_metric placeholder in HPARAMS
         job_id = SLURMEnvironment.job_id()  # None outside SLURM and in interactive sessions (several runs per job)
         if job_id is not None:
@@ -75,13 +82,15 @@ class LitMCMCCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         # A bad value (negative step size, missing checkpoint, ...) is reported as one line naming the key, not as
         # jsonargparse's union-type dump with a traceback. LIT_MCMC_DEBUG=1 keeps the traceback.
+        if self.subcommand == "predict":
+            check_components(self.config[self.subcommand].get("model"))
         try:
             super().instantiate_classes()
         except MisconfigurationException as err:  # Lightning's: the accelerator, devices or strategy
             exit_with_one_line(err, f"trainer: {concise_error(err)} (check trainer.accelerator, trainer.devices and "
                                     "trainer.strategy against this machine)")
         except (*USER_ERRORS, TypeError) as err:
-            exit_with_one_line(err, concise_error(err))
+            exit_with_one_line(err, full_key_paths(concise_error(err)))
 
     def _run_subcommand(self, subcommand: str) -> None:
         # The same for mistakes found once the run starts (inside Lightning's hooks): inference mode on, an
@@ -89,7 +98,8 @@ class LitMCMCCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except USER_ERRORS as err:
-            exit_with_one_line(err, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+            exit_with_one_line(err, full_key_paths(str(err).strip().splitlines()[0]) if str(err).strip()
+                               else type(err).__name__)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand == "predict":  # before the loggers create folders there, and before any sampling
@@ -113,7 +123,7 @@ class LitMCMCCLI(LightningCLI):
                                              write=self.trainer.global_rank == 0)
                     check_output_dir(run_dir, expected_bytes(self.datamodule, self.model))
                 except (OSError, ValueError) as err:
-                    exit_with_one_line(err, str(err))
+                    exit_with_one_line(err, full_key_paths(str(err)))
                 if note and self.trainer.global_rank == 0:
                     print(f"lit-mcmc: {note}", file=sys.stderr)
         # Checkpoints land in <default_root_dir>/checkpoints (not a per-version folder), so later runs find them.
@@ -134,6 +144,63 @@ def exit_with_one_line(err: BaseException, message: str) -> NoReturn:
         raise err
     print(f"lit-mcmc: error: {message}", file=sys.stderr)
     raise SystemExit(2) from None
+
+
+def full_key_paths(message: str) -> str:
+    """Sampler messages name their keys from the sampler section (``sampler.n_leapfrog``): the full path is
+    ``model.sampler.n_leapfrog``, as on the command line and in --print_config."""
+    return re.sub(r"(?<![\w.])sampler\.(?=[a-z_])", "model.sampler.", message)
+
+
+def check_components(model: Namespace | None) -> None:
+    """Each component's config, checked by its name: messages say ``model.components.<its name>.<key>``."""
+    from lit_mcmc.modules.components import ComponentConfig
+
+    components = model.get("init_args.components") if isinstance(model, Namespace) else None
+    if not isinstance(components, dict):
+        return
+    for name, spec in components.items():
+        fields = spec.as_dict() if isinstance(spec, Namespace) else spec
+        if not isinstance(fields, dict):
+            continue
+        try:
+            ComponentConfig(**fields)
+        except (TypeError, ValueError) as err:
+            message = str(err).replace("model.components.<name>", f"model.components.{name}")
+            if f"model.components.{name}" not in message:
+                message = f"model.components.{name}: {message}"
+            exit_with_one_line(err, message)
+
+
+def check_command_line(args: list[str]) -> None:
+    """Mistakes the parser would report badly, found first: a YAML file that does not parse (named with its line and
+    column; tabs are not allowed), and a null given for a key inside ``model.components`` (jsonargparse reads it as
+    the text 'None')."""
+    import yaml
+
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if value.endswith((".yaml", ".yml")) and Path(value).is_file():
+            try:
+                yaml.safe_load(Path(value).read_text())
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                if mark is None:
+                    exit_with_one_line(err, f"{value}: not valid YAML: {err}")
+                lines = Path(value).read_text().splitlines()
+                line = lines[mark.line] if mark.line < len(lines) else ""
+                where = f"{value}, line {mark.line + 1}, column {mark.column + 1}"
+                if "\t" in line[:mark.column + 1] or line[mark.column:mark.column + 1] == "\t":
+                    exit_with_one_line(err, f"{where}: a tab; tabs are not allowed in YAML: indent with spaces")
+                exit_with_one_line(err, f"{where}: not valid YAML ({getattr(err, 'problem', None) or err})")
+        key, _, inline = arg.partition("=")
+        given = inline if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+        match = re.fullmatch(r"--model(?:\.init_args)?\.components\.([^.]+)\.(\w+)", key)
+        if match and given.strip().lower() in ("null", "none", "~"):
+            name, field = match.groups()
+            exit_with_one_line(ValueError(key), f"model.components.{name}.{field}: null cannot be given on the "
+                                                "command line for a key of a component (it would be read as the text "
+                                                f"'None'): set {field}: null in the YAML file")
 
 
 def use_default_tensorboard_logger(trainer: Namespace) -> None:

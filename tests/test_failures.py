@@ -3,12 +3,15 @@ traceback, and nothing lost or silently wrong."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from lit_mcmc.cli import main
 
@@ -200,10 +203,6 @@ def test_degenerate_sampling_is_loud(tmp_path, capsys, restore_environ):
 def test_nonfinite_samples_are_flagged_or_refused(tmp_path, capsys, restore_environ):
     """A diverged model (here: an analytic target whose score is NaN far from the data, reached by a huge U-LA
     step) gives non-finite samples: counted and listed by default, refused with nonfinite_samples: refuse."""
-    import json
-
-    import yaml
-
     config = yaml.safe_load((TOY2D / "sample_oracle_hmc.yaml").read_text())
     config["model"]["init_args"]["sampler"] = {"kernel": "ula", "n_steps": 1, "step_size": 1e200, "reverse": False}
     (tmp_path / "ula.yaml").write_text(yaml.safe_dump(config))
@@ -219,3 +218,135 @@ def test_nonfinite_samples_are_flagged_or_refused(tmp_path, capsys, restore_envi
                          str(tmp_path / "refuse")], capsys)
     assert code == 2 and "not written, as the SampleWriter's nonfinite_samples is 'refuse'" in one_error_line(err)
     assert not list((tmp_path / "refuse" / "shards").glob("*.npz"))
+
+
+# ----- one line before any file: the remaining tracebacks and silent cases ------------------------------------
+
+ORACLE = TOY2D / "sample_oracle_hmc.yaml"
+SAMPLER = "--model.init_args.sampler."
+
+
+def predict(root: Path, *extra: str) -> list[str]:
+    return ["predict", "--config", str(ORACLE), "--trainer.default_root_dir", str(root), *SMALL, *extra]
+
+
+@pytest.mark.slow
+def test_the_study_reference_levels_row_runs(tmp_path, score_checkpoints, restore_environ):
+    """`make study2d`'s U-HMC row with the reference code's levels (min_mcmc_level 1 without reverse steps), at a
+    tiny size: it used to stop on an AssertionError. No MCMC at level 0: 99 levels of K steps."""
+    from lit_mcmc.experiments.study2d import STUDY_ROWS, study_job
+    from lit_mcmc.experiments.toy2d import PRESETS, train_dir
+
+    row = next(r for r in STUDY_ROWS if r.key == "score_uhmc_reference_levels")
+    train = train_dir(tmp_path, 0)
+    shutil.copytree(score_checkpoints, train)
+    job = study_job(tmp_path, 0, row, PRESETS["study"])
+    args = job.command[job.command.index("lit_mcmc.cli") + 1:]
+    main([*args, "--data.init_args.n_samples", "16", "--data.init_args.batch_size", "16",
+          f"{SAMPLER}n_steps", "1"])
+    stats = json.loads((job.run_dir / "stats.json").read_text())
+    assert stats["hparams"]["min_mcmc_level"] == 1 and len(stats["accept_rate_per_level"]) == 99
+    assert stats["nfe_per_sample"] == 99 * (1 + 3)  # per level: the first evaluation + 1 step of L = 3; none at t=0
+
+
+def test_a_config_file_with_a_tab_names_file_line_and_column(tmp_path, capsys):
+    text = ORACLE.read_text().replace("    seed: 0", "\tseed: 0")
+    config = tmp_path / "tabbed.yaml"
+    config.write_text(text)
+    line_number = text.splitlines().index("\tseed: 0") + 1
+    code, err = run_cli(["predict", "--config", str(config)], capsys)
+    assert code == 2 and one_error_line(err) == (
+        f"lit-mcmc: error: {config}, line {line_number}, column 1: a tab; tabs are not allowed in YAML: indent with "
+        "spaces")
+
+
+def sd_config(tmp_path: Path, **component) -> Path:
+    config = yaml.safe_load((TOY2D.parent / "diffusers" / "sample_sd15_prompt_product_hmc.yaml").read_text())
+    config["model"]["init_args"]["components"]["sd"].update(component)
+    path = tmp_path / "sd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("args,line", [
+    (["--model.init_args.sampler.min_mcmc_level", "100"],
+     "model.sampler.min_mcmc_level=100 must lie in [0, 99] (the levels of the schedule): above it no level would run "
+     "the kernel"),
+    (["--model.init_args.sample_shape", "[3]"],
+     "model.sample_shape=[3] does not fit model.components.gmm: its model takes samples of shape [2]"),
+    (["--model.init_args.sampler.step_table", "no_such_table.json"],
+     "model.sampler.step_table='no_such_table.json': no such file; point it to the step_sizes.json of a run tuned "
+     "with model.sampler.target_accept (it is written into that run's trainer.default_root_dir)"),
+], ids=["min-mcmc-level-above-T", "shape-of-analytic", "missing-step-table"])
+def test_sampler_and_shape_mistakes_are_one_line_before_any_file(tmp_path, capsys, restore_environ, args, line):
+    code, err = run_cli(predict(tmp_path / "run", *args), capsys)
+    assert code == 2 and one_error_line(err) == f"lit-mcmc: error: {line}"
+    assert not (tmp_path / "run").exists()
+
+
+def test_min_mcmc_level_without_reverse_steps_runs(tmp_path, restore_environ):
+    """The reference code's coverage (no MCMC at level 0) with reverse: false: level 0 is then left as it is."""
+    main(predict(tmp_path, f"{SAMPLER}min_mcmc_level", "1"))
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert sorted(map(int, stats["accept_rate_per_level"])) == list(range(1, 100))
+
+
+def test_adm_channels_that_do_not_fit_are_one_line_before_any_file(tmp_path, capsys, restore_environ):
+    from test_pretrained_adm import TINY_UNET, save_random
+
+    from lit_mcmc.nets.adm import ADMUNet
+
+    save_random(ADMUNet(**TINY_UNET), tmp_path / "unet.pt")
+    config = yaml.safe_load(ORACLE.read_text())
+    config["trainer"]["callbacks"] = [{"class_path": "callbacks.sample_writer.SampleWriter"}]
+    init = config["model"]["init_args"]
+    init.update(checkpoint_root=str(tmp_path), sample_shape=[1, 16, 16], respace=4, schedule=None,
+                components={"diffusion": {"pretrained": "adm", "path": "unet.pt", "config": TINY_UNET}},
+                composition={"kind": "single"}, sampler={"kernel": "reverse"})
+    (tmp_path / "adm.yaml").write_text(yaml.safe_dump(config))
+    code, err = run_cli(["predict", "--config", str(tmp_path / "adm.yaml"), "--trainer.default_root_dir",
+                         str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"], capsys)
+    assert code == 2 and one_error_line(err) == (
+        "lit-mcmc: error: model.sample_shape=[1, 16, 16] does not fit model.components.diffusion: its network takes "
+        "samples of shape [3, height, width] (3-channel images)")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_prompt_list_is_refused_naming_the_component(tmp_path, capsys, restore_environ):
+    """`prompts: []` with kind: prompt_product used to sample the unconditional model without a word."""
+    code, err = run_cli(["predict", "--config", str(sd_config(tmp_path, prompts=[], weights=None))], capsys)
+    assert code == 2 and one_error_line(err) == (
+        "lit-mcmc: error: model.components.sd.prompts is empty: a prompt product needs at least one prompt (null, or "
+        "no prompts key, samples the model alone)")
+
+
+@pytest.mark.parametrize("field", ["weights", "embeddings"])
+def test_a_null_component_key_on_the_command_line_names_the_key(tmp_path, capsys, field):
+    """jsonargparse reads `--model.init_args.components.sd.<key> null` as the text 'None': an error naming
+    model.components.weights (a key that does not exist), or, for embeddings, a file called None."""
+    code, err = run_cli(["predict", "--config", str(sd_config(tmp_path)),
+                         f"--model.init_args.components.sd.{field}", "null"], capsys)
+    assert code == 2 and one_error_line(err) == (
+        f"lit-mcmc: error: model.components.sd.{field}: null cannot be given on the command line for a key of a "
+        f"component (it would be read as the text 'None'): set {field}: null in the YAML file")
+
+
+def test_component_messages_name_the_component(tmp_path, capsys, restore_environ):
+    code, err = run_cli(["predict", "--config", str(sd_config(tmp_path, weights=[1.0]))], capsys)
+    assert code == 2 and one_error_line(err) == (
+        "lit-mcmc: error: model.components.sd.weights has 1 entries but model.components.sd.prompts has 2: one "
+        "weight per prompt")
+
+
+def test_fit_with_zero_steps_says_no_checkpoint_is_written(tmp_path, capsys, restore_environ):
+    code, err = run_cli(["fit", "--config", str(TOY2D / "train_gmm_score.yaml"), "--trainer.default_root_dir",
+                         str(tmp_path / "fit"), "--trainer.max_steps", "0"], capsys)
+    assert code == 2 and one_error_line(err) == (
+        "lit-mcmc: error: trainer.max_steps=0 trains nothing, so no checkpoint would be written (nothing was "
+        "written): give the number of training steps (-1: no limit)")
+    assert not (tmp_path / "fit").exists()
+
+
+def test_sampler_messages_name_the_full_key(tmp_path, capsys, restore_environ):
+    code, err = run_cli(predict(tmp_path, f"{SAMPLER}damping", "1.5"), capsys)
+    assert code == 2 and "model.sampler.damping=1.5 must lie in [0, 1]" in one_error_line(err)

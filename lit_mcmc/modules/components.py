@@ -140,6 +140,9 @@ class ComponentConfig:
         if self.prompts is not None and self.regions is not None:
             raise ValueError(f"{key}: give 'prompts' (a prompt product) or 'regions' (a tapestry), not both")
         if self.prompts is not None:
+            if not self.prompts:
+                raise ValueError(f"{key}.prompts is empty: a prompt product needs at least one prompt (null, or no "
+                                 "prompts key, samples the model alone)")
             if not all(isinstance(p, str) and p for p in self.prompts):
                 raise ValueError(f"{key}.prompts must be non-empty strings (the empty prompt, the unconditional "
                                  f"part, is always included), got {self.prompts}")
@@ -299,6 +302,42 @@ def _prompt_table(path: Path, root: Path, spec: ComponentConfig, prompts: list[s
         return adapter.read_prompt_embeddings(_resolve(spec.embeddings, root), prompts, f"{key}.embeddings")
     tokenizer, text_encoder = adapter.load_text_encoder(path, spec.torch_dtype, f"{key}.path")
     return adapter.encode_prompts(tokenizer, text_encoder, prompts)
+
+
+def network_input(module: nn.Module | None) -> tuple[str, int] | None:
+    """What a component's network takes: ("vector", dim) for the 2D MLPs, ("image", channels) for UNets (ours, ADM,
+    diffusers) and image classifiers; None when it cannot be told (then nothing is checked)."""
+    if module is None:
+        return None
+    from lit_mcmc.nets.mlp import ResMLP
+
+    for sub in module.modules():
+        config = getattr(sub, "config", None)
+        if isinstance(getattr(config, "in_channels", None), int):  # a diffusers UNet
+            return "image", int(config.in_channels)
+        if isinstance(sub, ResMLP):
+            return "vector", int(sub.dim)
+        channels = sub.__dict__.get("in_channels")  # ADM trunks, our UNet, else the first convolution
+        if isinstance(channels, int):
+            return "image", channels
+    return None
+
+
+def check_sample_shape(name: str, spec: ComponentConfig, module: nn.Module | None, shape: list[int]) -> None:
+    """``model.sample_shape`` must fit the component's network (or the 2D analytic targets): one line before any
+    sample is drawn, instead of a conv2d or matmul error inside the sampler."""
+    if spec.kind == "analytic":
+        expected: tuple[str, int] | None = ("vector", 2)
+    else:
+        expected = network_input(module)
+    if expected is None:
+        return
+    kind, size = expected
+    fits = list(shape) == [size] if kind == "vector" else (len(shape) == 3 and shape[0] == size)
+    if not fits:
+        takes = f"[{size}]" if kind == "vector" else f"[{size}, height, width] ({size}-channel images)"
+        raise ValueError(f"model.sample_shape={list(shape)} does not fit model.components.{name}: its "
+                         f"{'model' if spec.kind == 'analytic' else 'network'} takes samples of shape {takes}")
 
 
 def has_exact_log_prob(spec: ComponentConfig, root: str | Path) -> bool | None:

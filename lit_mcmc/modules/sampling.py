@@ -22,7 +22,7 @@ from lit_mcmc.compose import (
     ReconstructionGuidance,
 )
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
-from lit_mcmc.modules.components import ComponentConfig, has_exact_log_prob, load_component
+from lit_mcmc.modules.components import ComponentConfig, check_sample_shape, has_exact_log_prob, load_component
 from lit_mcmc.precision import Precision, check_precision, float32_matmul, with_precision
 from lit_mcmc.report import sampler_hparams
 from lit_mcmc.samplers import AnnealedSampler, PerSampleRandom, SamplerConfig
@@ -84,8 +84,10 @@ class CompositionConfig:
         if self.kind not in GUIDED and self.scale is not None:
             raise ValueError(f"{key}.scale applies only to kinds {list(GUIDED)} (kind is {self.kind!r}): remove it")
         if self.kind in PROMPT_COMPOSITIONS and self.weights is not None:
-            raise ValueError(f"{key}.weights does not apply to kind={self.kind!r}: the prompt weights are the "
-                             f"diffusers component's (model.components.<name>.weights, or each region's)")
+            where = (f"model.components.{self.parts[0]}.weights" if len(self.parts) == 1
+                     else "the weights of the diffusers component in model.components")
+            raise ValueError(f"{key}.weights does not apply to kind={self.kind!r}: the prompt weights are {where} "
+                             "(or each region's)")
         if self.kind != "classifier_guidance" and self.mh_scale is not None:
             raise ValueError(f"{key}.mh_scale applies only to kind='classifier_guidance' (kind is {self.kind!r}): "
                              "remove it")
@@ -162,6 +164,8 @@ class SamplingModule(L.LightningModule):
         self.seed = seed
         self.models = nn.ModuleDict()
         loaded = {name: load_component(name, spec, checkpoint_root) for name, spec in components.items()}
+        for name, component in loaded.items():  # before any network sees a sample
+            check_sample_shape(name, components[name], component.module, self.sample_shape)
         for name, component in loaded.items():
             if component.module is not None:
                 self.models[name] = component.module
@@ -174,6 +178,10 @@ class SamplingModule(L.LightningModule):
                 raise ValueError(f"model.respace={respace} must lie in [2, {self.schedule.T}] (the schedule's T), "
                                  "or be null to sample every level")
             self.schedule = self.schedule.respace(respace)
+        if sampler.kernel != "reverse" and not 0 <= sampler.min_mcmc_level <= self.schedule.T - 1:
+            raise ValueError(f"model.sampler.min_mcmc_level={sampler.min_mcmc_level} must lie in [0, "
+                             f"{self.schedule.T - 1}] (the levels of the schedule{', respaced' if respace else ''}): "
+                             "above it no level would run the kernel")
         parts = {name: loaded[name].make_target(self.schedule)  # type: ignore[misc]
                  for name, spec in components.items() if spec.role == "diffusion"}
         self.component_roles = {name: spec.role for name, spec in components.items()}
@@ -227,7 +235,8 @@ class SamplingModule(L.LightningModule):
             field = PROMPT_COMPOSITIONS[spec.kind]
             if len(names) != 1 or getattr(components[names[0]], field) is None:
                 raise ValueError(f"model.composition.kind={spec.kind!r} needs one part, a pretrained: diffusers "
-                                 f"component with '{field}' (model.components.<name>.{field}); got parts {names}")
+                                 f"component with '{field}' (model.components.{names[0] if names else 'X'}.{field}); "
+                                 f"got parts {names}")
 
     @staticmethod
     def _check_exact_log_probs(components: dict[str, ComponentConfig], spec: CompositionConfig,
