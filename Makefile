@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-fast demo demo-images study2d table1 lint bench bench-gpu clean
+.PHONY: setup test test-fast demo demo-images study2d smc2d table1 lint bench bench-gpu clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ demo-images: $(STAMP)
 # When the MH correction matters: papers' vs tuned step sizes, 5 trials, score and energy models (30 min on 2 cores).
 study2d: $(STAMP)
 	$(PY) -m lit_mcmc.experiments.toy2d --preset study --trials 5 --out runs/study --jobs 2
+
+# Particle resampling (SMC) in 2D: oracle, energy and score samplers with and without it at equal NFE, 5 trials.
+smc2d: $(STAMP)
+	$(PY) -m lit_mcmc.experiments.toy2d --preset smc --trials 5 --out runs/smc2d --jobs 2
 
 # The paper's budget: 15 001 training steps, 2000 samples, 10 trials (about 27 h on 2 CPU cores).
 table1: $(STAMP)

@@ -10,6 +10,7 @@ samples (a scatter plot for 2D, an image grid for images).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -148,6 +149,7 @@ class SampleWriter(BasePredictionWriter):
             **({"labels": prediction["labels"].cpu().numpy()} if prediction.get("labels") is not None else {}),
             **({"images": prediction["images"].detach().float().cpu().numpy()}
                if prediction.get("images") is not None else {}),
+            **particle_arrays(prediction.get("particles")),
         )
 
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -177,14 +179,18 @@ class SampleWriter(BasePredictionWriter):
         accept = np.concatenate([s["accept_rate"] for s in shards])[order]
         labels = np.concatenate([s["labels"] for s in shards])[order] if "labels" in shards[0] else None
         images = np.concatenate([s["images"] for s in shards])[order] if "images" in shards[0] else None
-        extra = {name: value for name, value in (("labels", labels), ("images", images)) if value is not None}
+        log_weight = weighted_output(shards, order)
+        extra = {name: value for name, value in (("labels", labels), ("images", images), ("log_weight", log_weight))
+                 if value is not None}
         atomic_save_npz(out / "samples.npz", samples=samples, indices=indices, accept_rate=accept, **extra)
         stats = self._stats(shards, indices, accept, pl_module)
         stats.update(health_stats(shards, indices, samples, stats["accept_rate_per_level"],
                                   getattr(pl_module, "sampler_config", None)))
+        stats.update(particle_stats(shards))
         atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
         warn_broken_sampling(stats)
-        return {"samples": samples, "indices": indices, "labels": labels, "images": images, "stats": stats}
+        merged = {"samples": samples, "indices": indices, "labels": labels, "images": images, "stats": stats}
+        return equally_weighted(merged, log_weight) if log_weight is not None else merged
 
     @staticmethod
     def _check_complete(indices: np.ndarray, n_samples: int, shards: Path) -> None:
@@ -205,7 +211,7 @@ class SampleWriter(BasePredictionWriter):
         if not trainer.is_global_zero or self.merged is None:
             return
         stats = self.merged["stats"]
-        record = {**self.metrics, **{k: stats[k] for k in REPORTED_STATS}}
+        record = {**self.metrics, **{k: stats[k] for k in REPORTED_STATS if k in stats}}
         atomic_write_text(self.resolve_dir(trainer) / "metrics.json", json.dumps(record, indent=2))
         self._log_tensorboard(trainer, stats, record)
 
@@ -225,7 +231,8 @@ class SampleWriter(BasePredictionWriter):
                     experiment.add_scalar("sampler/accept_rate_per_level", rate, int(level))
                 # the tuned ε per level next to the acceptance, and the quadrature error estimate
                 for tag, key in (("step_size", "step_sizes"), ("quadrature_error", "quadrature_error_per_level"),
-                                 ("log_ratio_mean", "log_ratio_mean_per_level")):
+                                 ("log_ratio_mean", "log_ratio_mean_per_level"), ("ess_mean", "ess_mean_per_level"),
+                                 ("ess_min", "ess_min_per_level"), ("resampled_groups", "resampled_groups_per_level")):
                     for level, value in stats.get(key, {}).items():
                         experiment.add_scalar(f"sampler/{tag}_per_level", value, int(level))
                 for level in stats.get("nonfinite_sample_share_per_level", {}):  # 1 marks a degenerate level
@@ -270,7 +277,81 @@ class SampleWriter(BasePredictionWriter):
         }
 
 
-REPORTED_STATS = ("accept_rate", "nfe_per_sample", "wall_seconds", "samples_per_second")
+REPORTED_STATS = ("accept_rate", "nfe_per_sample", "wall_seconds", "samples_per_second",
+                  # with particles
+                  "ess_mean", "resampling_events", "log_z_mean", "log_z_se", "unique_ancestors_mean")
+PARTICLE_LEVEL_STATS = ("ess_mean", "ess_min", "resampled_groups")
+
+
+def particle_arrays(particles: dict[str, Any] | None) -> dict[str, np.ndarray]:
+    """A shard's particle record: per sample ``log_weight``, per group id/log Ẑ/unique ancestors, and per level
+    (``particle_levels``) the ESS mean and min over the batch's groups and the number of groups resampled."""
+    if particles is None:
+        return {}
+    levels = sorted(particles["ess_mean_per_level"], reverse=True)
+    return {"log_weight": particles["log_weight"].numpy(),
+            "group_ids": particles["group_ids"].numpy(),
+            "group_log_z": particles["group_log_z"].numpy(),
+            "group_unique_ancestors": particles["group_unique_ancestors"].numpy(),
+            "particle_levels": np.array(levels, dtype=np.int64),
+            **{f"level_{stat}": np.array([particles[f"{stat}_per_level"][lvl] for lvl in levels], dtype=np.float64)
+               for stat in PARTICLE_LEVEL_STATS}}
+
+
+def weighted_output(shards: list[dict[str, np.ndarray]], order: np.ndarray) -> np.ndarray | None:
+    """The samples' log-weights in index order when the run kept weights (``final: weighted``: not all zero)."""
+    if "log_weight" not in shards[0]:
+        return None
+    log_weight = np.concatenate([s["log_weight"] for s in shards])[order]
+    return log_weight if np.any(log_weight != 0) else None
+
+
+def equally_weighted(merged: dict[str, Any], log_weight: np.ndarray) -> dict[str, Any]:
+    """What metric callbacks and pictures score for weighted samples: a systematic resample of them (by their
+    weights, the same every time) with equal weights; samples.npz keeps the weighted samples themselves."""
+    weights = np.exp(log_weight - log_weight.max())
+    cdf = np.cumsum(weights / weights.sum())
+    cdf[-1] = 1.0
+    chosen = np.minimum(np.searchsorted(cdf, (np.arange(len(weights)) + 0.5) / len(weights), side="right"),
+                        len(weights) - 1)
+    view = {key: (value[chosen] if key in ("samples", "indices", "labels", "images") and value is not None else value)
+            for key, value in merged.items()}
+    return {**view, "log_weight": log_weight}
+
+
+def particle_stats(shards: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """The particles over the whole run: ESS per level (mean over groups, and min), resampling events per level,
+    log Ẑ per group (its mean and standard error) and the unique ancestors at the end; empty without particles."""
+    if "group_log_z" not in shards[0]:
+        return {}
+    n_groups = {id(s): len(s["group_ids"]) for s in shards}
+    ess_sum: dict[int, float] = {}
+    ess_min: dict[int, float] = {}
+    resampled: dict[int, int] = {}
+    for s in shards:
+        for i, level in enumerate(s["particle_levels"].tolist()):
+            ess_sum[level] = ess_sum.get(level, 0.0) + float(s["level_ess_mean"][i]) * n_groups[id(s)]
+            ess_min[level] = min(ess_min.get(level, math.inf), float(s["level_ess_min"][i]))
+            resampled[level] = resampled.get(level, 0) + int(s["level_resampled_groups"][i])
+    total_groups = sum(n_groups.values())
+    log_z = np.concatenate([s["group_log_z"] for s in shards])
+    ancestors = np.concatenate([s["group_unique_ancestors"] for s in shards])
+    levels = sorted(ess_sum, reverse=True)
+    ess_mean = {str(k): ess_sum[k] / total_groups for k in levels}
+    return {
+        "n_groups": int(total_groups),
+        "ess_mean": float(np.mean(list(ess_mean.values()))),
+        "ess_mean_per_level": ess_mean,
+        "ess_min_per_level": {str(k): ess_min[k] for k in levels},
+        "resampled_groups_per_level": {str(k): resampled[k] for k in levels},
+        "resampling_events": int(sum(resampled.values())),
+        "log_z_mean": float(log_z.mean()),
+        "log_z_se": float(log_z.std(ddof=1) / math.sqrt(len(log_z))) if len(log_z) > 1 else math.nan,
+        # log of the mean of Ẑ over groups: the unbiased estimate (in Ẑ) of the normalising constant of γ_0
+        "log_mean_z": float(np.logaddexp.reduce(log_z) - math.log(len(log_z))),
+        "unique_ancestors_mean": float(ancestors.mean()),
+        "unique_ancestors_min": int(ancestors.min()),
+    }
 
 
 def per_level_mean(shards: list[dict[str, np.ndarray]], levels_key: str, values_key: str) -> dict[str, float]:

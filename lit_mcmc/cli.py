@@ -111,7 +111,7 @@ class LitMCMCCLI(LightningCLI):
                 try:
                     check_before_sampling = getattr(self.model, "check_before_sampling", None)
                     if check_before_sampling is not None:  # step tables: errors before anything is written
-                        check_before_sampling()
+                        check_before_sampling(self.datamodule)
                     note = None
                     if isinstance(self.datamodule, SampleIndexDataModule):  # resumable: one run per directory
                         config = self.config[self.subcommand]

@@ -51,6 +51,15 @@ def test_annealed_mode_counts_every_level():
     assert int(rows["HMC-3-curve"][0]) == 100 * (1 + 3 + 3)
 
 
+def test_particle_rows_cost_no_evaluations():
+    table = main(["--mode", "annealed", "--steps-per-level", "1", "--batch", "64", "--repeats", "1",
+                  "--samplers", "HMC-energy,HMC-energy+SMC"])
+    rows = table_rows(table)
+    assert rows["HMC-energy+SMC"][0] == rows["HMC-energy"][0]
+    with pytest.raises(SystemExit, match="must be a multiple of 64"):
+        main(["--mode", "annealed", "--batch", "8", "--samplers", "HMC-energy+SMC"])
+
+
 def test_unknown_sampler_is_named():
     with pytest.raises(SystemExit, match="unknown \\['HMC-9-line'\\]; choose from U-LA"):
         main(["--batch", "4", "--steps", "1", "--samplers", "HMC-9-line"])

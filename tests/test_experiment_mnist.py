@@ -13,7 +13,7 @@ import yaml
 
 from lit_mcmc.assets import shared_path
 from lit_mcmc.experiments.jobs import evaluations_per_level
-from lit_mcmc.experiments.mnist import PRESETS, ROWS, main, run_config
+from lit_mcmc.experiments.mnist import PRESETS, ROWS, SMC_GROUP, Row, main, preset_rows, run_config
 from lit_mcmc.modules.classifiers import load_classifier
 
 MNIST = shared_path("data", "mnist")
@@ -33,6 +33,32 @@ def test_run_config_moves_every_path_under_out_and_applies_the_preset(tmp_path: 
     # the demo preset runs the configs as written
     demo = run_config("sample_score_hmc", tmp_path, PRESETS["demo"])
     assert demo["data"]["init_args"]["n_samples"] == 1000 and demo["model"]["init_args"]["respace"] == 10
+
+
+def test_particle_preset_runs_each_sampler_with_and_without_particles_per_seed(tmp_path: Path):
+    smc = PRESETS["smc"]
+    rows = preset_rows(smc)
+    assert len(rows) == len(smc.rows) * 2 * 3 and len({row.key for row in rows}) == len(rows)
+    row = Row("sample_score_hmc", seed=2, particles=True)
+    config = run_config(row.stem, tmp_path, smc, row)
+    init = config["model"]["init_args"]
+    assert init["seed"] == 2 and config["trainer"]["default_root_dir"] == str(tmp_path / "samples" / row.key)
+    assert init["sampler"]["resample"] == {"weights": "feynman_kac", "group_size": SMC_GROUP}
+    data = config["data"]["init_args"]
+    assert data["n_samples"] % SMC_GROUP == 0 and data["batch_size"] % SMC_GROUP == 0
+    plain = run_config(row.stem, tmp_path, smc, Row("sample_score_hmc", seed=2))
+    assert "resample" not in plain["model"]["init_args"]["sampler"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MNIST.is_dir(), reason=f"the shared MNIST files are missing ({MNIST})")
+def test_particle_smoke_preset_guides_each_group_to_one_digit(tmp_path: Path):
+    text = main(["--preset", "smc_smoke", "--out", str(tmp_path), "--jobs", "2"])
+    assert "| score | HMC-1-curve+SMC (FK) | 2 |" in text and "| score | HMC-1-curve | 2 |" in text
+    with np.load(tmp_path / "samples" / "sample_score_hmc_seed1_smc" / "samples.npz") as data:
+        assert data["labels"].tolist() == [0, 0, 0, 0]  # index // group size picks the digit
+    stats = json.loads((tmp_path / "samples" / "sample_score_hmc_seed1_smc" / "stats.json").read_text())
+    assert stats["n_groups"] == 1 and stats["hparams"]["resample"] == "feynman_kac"
 
 
 @pytest.mark.slow

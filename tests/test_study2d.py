@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lit_mcmc.experiments.study2d import SAMPLER, STUDY_ROWS, study_phases
+from lit_mcmc.experiments.study2d import SAMPLER, SMC_ROWS, STUDY_ROWS, study_phases
 from lit_mcmc.experiments.toy2d import PRESETS, parse_args
 
 
@@ -21,7 +21,7 @@ def test_study_rows_cover_the_issue():
 
 
 def test_study_jobs_tune_then_reuse_the_tables(tmp_path: Path):
-    phases = study_phases(tmp_path, 5, PRESETS["study"])
+    phases = study_phases(tmp_path, 5, PRESETS["study"], STUDY_ROWS)
     assert list(phases) == ["train", "sample", "sample_twins"]  # twins run after the tables exist
     assert len(phases["train"]) == 5 * 4
     jobs = {job.label: job.command for phase in ("sample", "sample_twins") for job in phases[phase]}
@@ -36,3 +36,20 @@ def test_study_jobs_tune_then_reuse_the_tables(tmp_path: Path):
     assert option(jobs["samples/trial_0/energy_uhmc_reference_levels"], f"{SAMPLER}min_mcmc_level") == "1"
     assert option(jobs["samples/trial_0/score_uhmc"], f"{SAMPLER}min_mcmc_level") is None
     assert parse_args(["--preset", "study", "--trials", "5"]).preset == "study"
+
+
+def test_particle_study_pairs_every_sampler_with_and_without_particles(tmp_path: Path):
+    phases = study_phases(tmp_path, 5, PRESETS["smc"], SMC_ROWS)
+    jobs = {job.label.removeprefix("samples/trial_0/"): job.command for job in phases["sample"]
+            if job.label.startswith("samples/trial_0/")}
+    assert len(jobs) == len(SMC_ROWS) and not phases["sample_twins"]
+    for key in ("oracle_hmc", "energy_hmc", "energy_la"):  # carried x: exact weights, with and without denoising
+        assert {key, f"{key}_smc", f"{key}_denoise", f"{key}_smc_denoise"} <= set(jobs)
+        assert option(jobs[f"{key}_smc_denoise"], f"{SAMPLER}resample.weights") == "exact"
+        assert option(jobs[f"{key}_smc_denoise"], f"{SAMPLER}final_denoise") == "true"
+        assert option(jobs[key], f"{SAMPLER}resample.weights") is None
+    for key in ("score_hmc_curve_reverse", "score_reverse"):  # reverse steps: Feynman–Kac weights
+        assert option(jobs[f"{key}_smc"], f"{SAMPLER}resample.weights") == "feynman_kac"
+    assert option(jobs["score_hmc_curve_reverse"], f"{SAMPLER}reverse") == "true"
+    assert option(jobs["oracle_hmc"], "--data.init_args.n_samples") == "512"
+    assert len(phases["train"]) == 5 * 4

@@ -7,7 +7,8 @@ Two modes:
 
 - ``--mode kernel`` (default): ``kernel.run`` for ``--steps`` steps at one level, from exact product samples;
 - ``--mode annealed``: the paper's 2D sampler (T=100, no reverse step, x ~ N(0, I), K steps per level, momentum
-  carried across levels).
+  carried across levels). ``<sampler>+SMC`` rows add particle resampling (exact weights, groups of 64): their
+  overhead over the same sampler without it is what the weights and resampling cost.
 
 Run ``python -m lit_mcmc.benchmarks.samplers --help``. The table goes to stdout, progress to stderr.
 """
@@ -30,6 +31,7 @@ from torch import Tensor
 from lit_mcmc.compose import Product
 from lit_mcmc.diffusion import NoiseSchedule
 from lit_mcmc.samplers import HMC, MALA, UHMC, ULA, AnnealedSampler, Kernel
+from lit_mcmc.samplers.particles import ResampleConfig
 from lit_mcmc.targets import DiffusedGaussianMixture, DiffusedUniformBox, Target, sample_box_product
 
 # The paper's 2D constants (lit_mcmc.data.toy2d holds the same numbers; importing it would pull in lightning,
@@ -38,6 +40,8 @@ GMM_MEANS = 0.5 * torch.tensor([[math.cos(2 * math.pi * k / 8), math.sin(2 * mat
 GMM_STD = 0.03
 BAR_LOW, BAR_HIGH = [-0.2, -1.0], [0.2, 1.0]
 T = 100
+SMC = "+SMC"
+SMC_GROUP = 64
 
 
 def build_samplers() -> dict[str, Kernel]:
@@ -54,6 +58,12 @@ def build_samplers() -> dict[str, Kernel]:
         "HMC-curve": HMC(**hmc, correction="curve", n_points=0),
         "HMC-3-curve": HMC(**hmc, correction="curve", n_points=1),
     }
+
+
+def sampler_names(mode: str) -> list[str]:
+    """Every sampler of the mode: the kernels, and in annealed mode each also with particle resampling."""
+    names = list(build_samplers())
+    return names if mode == "kernel" else [n for name in names for n in (name, name + SMC)]
 
 
 def build_target(schedule: NoiseSchedule) -> tuple[Product, DiffusedGaussianMixture, DiffusedUniformBox]:
@@ -85,7 +95,8 @@ def time_sampler(name: str, kernel: Kernel, target: Target, schedule: NoiseSched
         levels = [args.level]
         run = partial(kernel.run, target, x0, args.level, args.steps)
     else:
-        annealed = AnnealedSampler(target, schedule, kernel, args.steps_per_level, reverse=False)
+        resample = ResampleConfig("exact", SMC_GROUP) if name.endswith(SMC) else None
+        annealed = AnnealedSampler(target, schedule, kernel, args.steps_per_level, reverse=False, resample=resample)
         levels = annealed.mcmc_levels()
         run = partial(annealed.run, x0)
     # Sampler and bare evaluations alternate, so a change in the machine's load hits both alike; the same seed
@@ -105,10 +116,14 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, object]]:
     schedule = NoiseSchedule.cosine(T)
     target, gmm, bar = build_target(schedule)
     samplers = build_samplers()
-    names = list(samplers) if args.samplers is None else args.samplers.split(",")
-    unknown = [n for n in names if n not in samplers]
+    known = sampler_names(args.mode)
+    names = known if args.samplers is None else args.samplers.split(",")
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"--samplers: unknown {unknown}; choose from {','.join(samplers)}")
+        raise SystemExit(f"--samplers: unknown {unknown}; choose from {','.join(known)} (--mode {args.mode})")
+    if args.mode == "annealed" and args.batch % SMC_GROUP and any(n.endswith(SMC) for n in names):
+        raise SystemExit(f"--batch={args.batch} must be a multiple of {SMC_GROUP} (the particle groups) for the "
+                         f"{SMC} rows")
     gen = torch.Generator().manual_seed(args.seed)
     if args.mode == "kernel":
         x0 = sample_box_product(gmm, bar, args.batch, args.level, gen)
@@ -117,7 +132,7 @@ def benchmark(args: argparse.Namespace) -> list[dict[str, object]]:
     rows = []
     for name in names:
         print(f"[{args.mode}] {name} ...", file=sys.stderr, flush=True)
-        rows.append(time_sampler(name, samplers[name], target, schedule, x0, args))
+        rows.append(time_sampler(name, samplers[name.removesuffix(SMC)], target, schedule, x0, args))
     return rows
 
 
@@ -140,11 +155,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--level", type=int, default=0, help="kernel mode: the diffusion level t (0..T-1)")
     p.add_argument("--steps", type=int, default=100, help="kernel mode: MCMC steps")
     p.add_argument("--steps-per-level", type=int, default=10, help="annealed mode: K, MCMC steps per level")
-    p.add_argument("--batch", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=2048)
     p.add_argument("--threads", type=int, default=1, help="torch threads (the tensors are tiny: 1 is fastest)")
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions; the minimum time is reported")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samplers", default=None, help="comma-separated subset of: " + ",".join(build_samplers()))
+    p.add_argument("--samplers", default=None, help="comma-separated subset of: " + ",".join(sampler_names("annealed"))
+                   + f" (the {SMC} rows in annealed mode only)")
     p.add_argument("--out", type=Path, default=None, help="also write the table to OUT.md and the numbers to OUT.json")
     args = p.parse_args(argv)
     for key in ("batch", "threads", "repeats", "steps_per_level"):

@@ -57,9 +57,15 @@ DASH = "–"
 GRID_ROWS = 6  # samples per digit in the figure
 
 
+# Particle rows: Feynman–Kac weights in groups of 50 (index // 50 picks the digit, so a group shares its target and
+# the 1000 samples hold 100 of each digit).
+SMC_GROUP = 50
+
+
 @dataclass(frozen=True)
 class Preset:
-    """Changes to the configs (None keeps the config's value) and the rows to run (None: all)."""
+    """Changes to the configs (None keeps the config's value), the rows to run (None: all), the sampling seeds of
+    each row and whether each row also runs with particle resampling."""
 
     max_steps: int | None = None
     ch: int | None = None
@@ -67,6 +73,8 @@ class Preset:
     batch_size: int | None = None
     respace: int | None = None
     rows: tuple[str, ...] | None = None
+    seeds: tuple[int, ...] | None = None
+    particles: bool = False
 
 
 PRESETS = {
@@ -74,11 +82,42 @@ PRESETS = {
     # seconds per run: a few training steps of 8-channel networks, 12 samples on 3 levels, three rows
     "smoke": Preset(max_steps=3, ch=8, n_samples=12, batch_size=6, respace=3,
                     rows=("sample_score_reverse", "sample_score_hmc", "sample_energy_la")),
+    # particle resampling (SMC, Feynman–Kac weights) against the same samplers without it, 3 sampling seeds each
+    "smc": Preset(rows=("sample_score_reverse", "sample_score_hmc"), seeds=(0, 1, 2), particles=True),
+    "smc_smoke": Preset(max_steps=3, ch=8, n_samples=4, batch_size=4, respace=3, rows=("sample_score_hmc",),
+                        seeds=(0, 1), particles=True),
 }
 
 
-def run_config(stem: str, out: Path, preset: Preset) -> dict[str, Any]:
-    """``configs/mnist/<stem>.yaml`` with its paths moved from runs/mnist to ``out`` and the preset applied."""
+@dataclass(frozen=True)
+class Row:
+    """One sampler run: a sample config, its seed (None: the config's) and whether particles resample."""
+
+    stem: str
+    seed: int | None = None
+    particles: bool = False
+
+    @property
+    def key(self) -> str:
+        """Its run folder under ``OUT/samples``: the config's name for plain rows."""
+        return self.stem + ("" if self.seed is None else f"_seed{self.seed}") + ("_smc" if self.particles else "")
+
+    @property
+    def variant(self) -> str:
+        """The configuration it is a trial of (rows differing only in seed share it)."""
+        return self.stem + ("_smc" if self.particles else "")
+
+
+def preset_rows(preset: Preset) -> list[Row]:
+    stems = [s for s in ROWS if preset.rows is None or s in preset.rows]
+    seeds = preset.seeds or (None,)
+    return [Row(stem, seed, particles) for stem in stems for particles in ((False, True) if preset.particles
+                                                                           else (False,)) for seed in seeds]
+
+
+def run_config(stem: str, out: Path, preset: Preset, row: Row | None = None) -> dict[str, Any]:
+    """``configs/mnist/<stem>.yaml`` with its paths moved from runs/mnist to ``out`` and the preset (and the row's
+    seed and particles) applied."""
     config = yaml.safe_load((CONFIGS / f"{stem}.yaml").read_text().replace(CONFIG_ROOT, str(out)))
     init = config["model"]["init_args"]
     if stem.startswith("train_"):
@@ -95,6 +134,13 @@ def run_config(stem: str, out: Path, preset: Preset) -> dict[str, Any]:
             config["data"]["init_args"]["batch_size"] = preset.batch_size
         if preset.respace is not None:
             init["respace"] = preset.respace
+        if row is not None:
+            config["trainer"]["default_root_dir"] = str(out / "samples" / row.key)
+            if row.seed is not None:
+                init["seed"] = row.seed
+            if row.particles:
+                group = min(SMC_GROUP, config["data"]["init_args"]["batch_size"])
+                init["sampler"]["resample"] = {"weights": "feynman_kac", "group_size": group}
     return config
 
 
@@ -122,24 +168,27 @@ def row_model(stem: str) -> str:
     return stem.removeprefix("sample_").split("_")[0]
 
 
-def predict_job(out: Path, stem: str, preset: Preset) -> Job:
-    """Sampler row ``stem`` into ``out/samples/<stem>``."""
-    config = run_config(stem, out, preset)
+def predict_job(out: Path, row: Row, preset: Preset) -> Job:
+    """Sampler row ``row`` into ``out/samples/<row.key>``."""
+    config = run_config(row.stem, out, preset, row)
     run_dir = Path(config["trainer"]["default_root_dir"])
-    command = cli_command("predict", "--config", str(write_config(config, out / "configs" / f"{stem}.yaml")))
-    cost = evaluations_per_level(config["model"]["init_args"]["sampler"]) * EVALUATION_COST[row_model(stem)]
-    return Job(f"samples/{stem}", command, run_dir, "predict.log", lambda: predict_done(run_dir, OUTPUTS), cost)
+    command = cli_command("predict", "--config", str(write_config(config, out / "configs" / f"{row.key}.yaml")))
+    cost = evaluations_per_level(config["model"]["init_args"]["sampler"]) * EVALUATION_COST[row_model(row.stem)]
+    return Job(f"samples/{row.key}", command, run_dir, "predict.log", lambda: predict_done(run_dir, OUTPUTS), cost)
 
 
 # ----- results ---------------------------------------------------------------------------------------------------
 
-def read_row(out: Path, stem: str) -> dict[str, Any]:
+def read_row(out: Path, row: Row) -> dict[str, Any]:
     """A row's numbers from its stats.json and metrics.json."""
-    run_dir = out / "samples" / stem
+    run_dir = out / "samples" / row.key
     stats = json.loads((run_dir / "stats.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return {"key": stem, "model": row_model(stem), "sampler": stats["sampler"], "adjusted": stats["adjusted"],
-            **{k: stats[k] for k in ("accept_rate", "nfe_per_sample", "sampling_seconds", "n_samples")},
+    return {"key": row.key, "variant": row.variant, "model": row_model(row.stem), "sampler": stats["sampler"],
+            "adjusted": stats["adjusted"],
+            **{k: stats[k] for k in ("accept_rate", "nfe_per_sample", "sampling_seconds", "n_samples")
+               if k in stats},
+            **{k: stats[k] for k in ("ess_mean", "unique_ancestors_mean") if k in stats},
             **{k: metrics[k] for k in ("r3_accuracy", "top1_accuracy", "fid")}}
 
 
@@ -187,6 +236,27 @@ def row_cells(row: dict[str, Any]) -> list[str]:
 def table(rows: Sequence[dict[str, Any]]) -> str:
     header = ["Model", "Sampler", "Accuracy ↑", "Top-1 ↑", "FID ↓", "accept", "NFE/sample", "sampling s"]
     return markdown_table(header, [row_cells(r) for r in rows])
+
+
+def trials_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows that differ only in seed as one line: mean ± population std over the seeds (n), and the mean ESS."""
+    variants: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        variants.setdefault(row.get("variant", row["key"]), []).append(row)
+
+    def spread(runs: list[dict[str, Any]], key: str, fmt: str) -> str:
+        values = np.array([r[key] for r in runs if key in r], dtype=np.float64)
+        if len(values) == 0:
+            return DASH
+        return fmt % values.mean() if len(values) == 1 else f"{fmt % values.mean()} ± {fmt % values.std()}"
+
+    body = [[runs[0]["model"], runs[0]["sampler"], str(len(runs)), spread(runs, "r3_accuracy", "%.3f"),
+             spread(runs, "top1_accuracy", "%.3f"), spread(runs, "fid", "%.2f"),
+             spread(runs, "accept_rate", "%.3f") if runs[0]["adjusted"] else DASH, spread(runs, "ess_mean", "%.1f"),
+             spread(runs, "nfe_per_sample", "%.0f"), spread(runs, "sampling_seconds", "%.0f")]
+            for runs in variants.values()]
+    return markdown_table(["Model", "Sampler", "seeds", "Accuracy ↑", "Top-1 ↑", "FID ↓", "accept", "ESS",
+                           "NFE/sample", "sampling s"], body)
 
 
 def settings(out: Path, preset: Preset) -> dict[str, Any]:
@@ -257,19 +327,23 @@ def main(argv: Sequence[str] | None = None) -> str:
     args = parse_args(argv)
     preset = PRESETS[args.preset]
     out = (args.out or Path(CONFIG_ROOT if args.preset == "demo" else f"{CONFIG_ROOT}_{args.preset}")).resolve()
-    stems = [s for s in ROWS if preset.rows is None or s in preset.rows]
-    models = [m for m in MODELS if m.endswith("classifier") or any(row_model(s) == m for s in stems)]
+    runs = preset_rows(preset)
+    models = [m for m in MODELS if m.endswith("classifier") or any(row_model(r.stem) == m for r in runs)]
     start = time.perf_counter()
     seconds, cpu_seconds, reused = run_phases({"train": [fit_job(out, m, preset) for m in models],
-                                               "sample": [predict_job(out, s, preset) for s in stems]}, args.jobs)
+                                               "sample": [predict_job(out, r, preset) for r in runs]}, args.jobs)
     evaluate_start = time.perf_counter()
-    rows = [read_row(out, s) for s in stems]
+    rows = [read_row(out, r) for r in runs]
     rows.append(real_digits_row(out, rows[0]["n_samples"]))
     plot_grid(out, rows[:-1], out / "grid.png")
     seconds["evaluate"] = time.perf_counter() - evaluate_start
     seconds["total"] = time.perf_counter() - start
     setup = settings(out, preset)
-    text = caption(args.preset, setup, args.jobs, seconds, cpu_seconds, reused) + "\n\n" + table(rows) + "\n"
+    body = table(rows) if preset.seeds is None else (
+        f"Sampling seeds {list(preset.seeds)} per row (mean ± population std over seeds; particles: Feynman–Kac "
+        f"weights, groups of {SMC_GROUP} samples guided to one digit, ESS threshold 0.5, final resampling):\n\n"
+        + trials_table(rows))
+    text = caption(args.preset, setup, args.jobs, seconds, cpu_seconds, reused) + "\n\n" + body + "\n"
     (out / "table.md").write_text(text)
     (out / "results.json").write_text(json.dumps(
         {"preset": args.preset, "changes": asdict(preset), "settings": setup, "jobs": args.jobs,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lit_mcmc.experiments.jobs import Job, cli_command, evaluations_per_level, markdown_table, predict_done, run_phases
 from lit_mcmc.experiments.toy2d import (
@@ -40,6 +41,7 @@ from lit_mcmc.experiments.toy2d import (
     exact_product_sets,
     fit_job,
     load_config,
+    mean_std,
     plot_figure,
     read_run,
     row_cells,
@@ -103,6 +105,33 @@ def model_rows(model: str, hmc: str, hmc_label: str, langevin: str, langevin_lab
 STUDY_ROWS = (*model_rows("score", "hmc_curve", "HMC-curve", "la_1_line", "LA-1-line"),
               *model_rows("energy", "hmc", "HMC", "la", "LA"))
 
+# The particle study (preset "smc"): each sampler with and without resampling, at equal NFE (the weights and
+# resampling cost no evaluation), groups of 64 of the 512 samples.
+SMC_GROUP = 64
+EXACT_SMC = (f"{SAMPLER}resample.weights", "exact", f"{SAMPLER}resample.group_size", str(SMC_GROUP))
+FK_SMC = (f"{SAMPLER}resample.weights", "feynman_kac", f"{SAMPLER}resample.group_size", str(SMC_GROUP))
+DENOISE = (f"{SAMPLER}final_denoise", "true")
+REVERSE = (f"{SAMPLER}reverse", "true")
+
+
+def smc_rows(model: str, stem: str, label: str, extra: tuple[str, ...] = (), weights: str = "exact") -> list[StudyRow]:
+    """A sampler with and without particles; samplers without reverse steps also with and without final
+    denoising (with reverse steps the last one already returns Tweedie's x̂_0)."""
+    smc, name = (EXACT_SMC, "SMC") if weights == "exact" else (FK_SMC, "SMC (FK)")
+    key = f"{model}_{stem.removeprefix(f'sample_{model}_')}" + ("_reverse" if extra == REVERSE else "")
+    rows = [StudyRow(key, stem, label, extra), StudyRow(f"{key}_smc", stem, f"{label} + {name}", (*extra, *smc))]
+    if REVERSE != extra and stem != "sample_score_reverse":
+        rows += [StudyRow(f"{key}_denoise", stem, f"{label}, denoised", (*extra, *DENOISE)),
+                 StudyRow(f"{key}_smc_denoise", stem, f"{label} + {name}, denoised", (*extra, *smc, *DENOISE))]
+    return rows
+
+
+SMC_ROWS = (*smc_rows("oracle", "sample_oracle_hmc", "HMC"),
+            *smc_rows("energy", "sample_energy_hmc", "HMC"),
+            *smc_rows("energy", "sample_energy_la", "LA"),
+            *smc_rows("score", "sample_score_hmc_curve", "HMC-curve, reverse steps", REVERSE, "feynman_kac"),
+            *smc_rows("score", "sample_score_reverse", "Reverse", weights="feynman_kac"))
+
 
 def study_job(out: Path, trial: int, row: StudyRow, preset: Preset) -> Job:
     """Row ``row`` of ``trial`` into ``out/samples/trial_<k>/<row.key>`` (sampler seed k)."""
@@ -121,21 +150,28 @@ def study_job(out: Path, trial: int, row: StudyRow, preset: Preset) -> Job:
                functools.partial(predict_done, run_dir, ("samples.npz", "stats.json", "metrics.json")), cost)
 
 
-def study_phases(out: Path, trials: int, preset: Preset) -> dict[str, list[Job]]:
+def study_phases(out: Path, trials: int, preset: Preset, rows: Sequence[StudyRow]) -> dict[str, list[Job]]:
     """Training, then the rows that tune or use the papers' ε, then the twins that reuse a tuned table."""
-    stems = sorted({row.stem for row in STUDY_ROWS})
+    stems = sorted({row.stem for row in rows})
     return {"train": [fit_job(out, k, m, preset) for k in range(trials) for m in trained_models(stems)],
-            "sample": [study_job(out, k, r, preset) for k in range(trials) for r in STUDY_ROWS if not r.table_from],
-            "sample_twins": [study_job(out, k, r, preset) for k in range(trials) for r in STUDY_ROWS if r.table_from]}
+            "sample": [study_job(out, k, r, preset) for k in range(trials) for r in rows if not r.table_from],
+            "sample_twins": [study_job(out, k, r, preset) for k in range(trials) for r in rows if r.table_from]}
 
 
 # ----- results ---------------------------------------------------------------------------------------------------
 
 
 def read_study_run(run_dir: Path) -> dict[str, Any]:
-    """:func:`read_run` plus the step sizes at the first and last level (tuned table, or the config's ε)."""
+    """:func:`read_run` plus the step sizes at the first and last level (tuned table, or the config's ε), the
+    share of samples outside the bar (metastable modes) and, with particles, their mean ESS."""
+    from lit_mcmc.data.toy2d import inside_bar
+
     run = read_run(run_dir)
     stats = json.loads((run_dir / "stats.json").read_text())
+    with np.load(run_dir / "samples.npz") as saved:
+        run["outside"] = 1.0 - float(inside_bar(torch.from_numpy(saved["samples"])).double().mean())
+    if "ess_mean" in stats:
+        run["ess_mean"] = float(stats["ess_mean"])
     steps = stats.get("step_sizes")
     if steps:
         run["step_first"], run["step_last"] = float(next(iter(steps.values()))), float(list(steps.values())[-1])
@@ -145,11 +181,11 @@ def read_study_run(run_dir: Path) -> dict[str, Any]:
     return run
 
 
-def collect_study(out: Path, trials: int, n_samples: int) -> list[dict[str, Any]]:
+def collect_study(out: Path, trials: int, n_samples: int, study_rows: Sequence[StudyRow]) -> list[dict[str, Any]]:
     """One record per row (and the exact floor): per-trial numbers, their mean and population std."""
     rows = [{"key": row.key, "model": row.model, "sampler": row.label, "distribution": "product",
              "adjusted": read_run(samples_dir(out, 0) / row.key)["adjusted"],
-             "trials": [read_study_run(samples_dir(out, k) / row.key) for k in range(trials)]} for row in STUDY_ROWS]
+             "trials": [read_study_run(samples_dir(out, k) / row.key) for k in range(trials)]} for row in study_rows]
     rows.append({"key": EXACT, "model": EXACT, "sampler": "exact samples (floor)", "adjusted": False,
                  "distribution": "product", "trials": [exact_floor(n_samples, k) for k in range(trials)]})
     for row in rows:
@@ -160,16 +196,21 @@ def collect_study(out: Path, trials: int, n_samples: int) -> list[dict[str, Any]
     return rows
 
 
-def study_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: model, sampler, LL/W2/GMM (mean ± std), acceptance, ε at t=99 → t=0 (trial mean), NFE, wall."""
+def study_table(rows: Sequence[dict[str, Any]], particles: bool = False) -> str:
+    """Markdown: model, sampler, LL/W2/GMM (mean ± std), share outside the bar, acceptance, ε at t=99 → t=0 (trial
+    mean) or, for the particle study, the mean ESS, then NFE and wall time."""
     body = []
     for row in rows:
         cells = row_cells(row, list(METRIC_FORMATS))
         mean = row["mean"]
-        steps = f"{mean['step_first']:.3g} → {mean['step_last']:.3g}" if "step_first" in mean else "–"
-        body.append([*cells[:-2], steps, *cells[-2:]])
-    return markdown_table(["Model", "Sampler", *METRIC_HEADERS.values(), "accept", "ε (t=99 → 0)", "NFE/sample",
-                           "wall s"], body)
+        outside = mean_std([r["outside"] for r in row["trials"] if "outside" in r], "%.3f")
+        if particles:
+            extra = f"{mean['ess_mean']:.1f}" if "ess_mean" in mean else "–"
+        else:
+            extra = f"{mean['step_first']:.3g} → {mean['step_last']:.3g}" if "step_first" in mean else "–"
+        body.append([*cells[:-3], outside, cells[-3], extra, *cells[-2:]])
+    return markdown_table(["Model", "Sampler", *METRIC_HEADERS.values(), "outside bar", "accept",
+                           "ESS (mean)" if particles else "ε (t=99 → 0)", "NFE/sample", "wall s"], body)
 
 
 def plot_steps(out: Path, path: Path) -> None:
@@ -199,28 +240,37 @@ def plot_steps(out: Path, path: Path) -> None:
 
 
 def run_study(args: argparse.Namespace) -> str:
-    """Runs the study with the driver's parsed arguments; returns (and prints) the caption and the table."""
-    preset = PRESETS["study"]
-    out = (args.out or Path("runs") / "study").resolve()
+    """Runs the study (``--preset study``: the MH-correction rows; ``--preset smc``: the particle rows) with the
+    driver's parsed arguments; returns (and prints) the caption and the table."""
+    particles = args.preset == "smc"
+    study_rows = SMC_ROWS if particles else STUDY_ROWS
+    preset = PRESETS[args.preset]
+    out = (args.out or Path("runs") / args.preset).resolve()
     n_samples = preset.n_samples
     start = time.perf_counter()
-    seconds, cpu_seconds, reused = run_phases(study_phases(out, args.trials, preset), args.jobs)
-    rows = collect_study(out, args.trials, n_samples)  # type: ignore[arg-type]
+    seconds, cpu_seconds, reused = run_phases(study_phases(out, args.trials, preset, study_rows), args.jobs)
+    rows = collect_study(out, args.trials, n_samples, study_rows)  # type: ignore[arg-type]
     plot_figure(out, rows, exact_product_sets(n_samples, 0)[0], out / "figure.png")  # type: ignore[arg-type]
-    plot_steps(out, out / "steps.png")
+    if not particles:
+        plot_steps(out, out / "steps.png")
     seconds["total"] = time.perf_counter() - start
     phases = ", ".join(f"{name} {value:.0f} s (CPU {cpu_seconds.get(name, 0):.0f} s)"
                        for name, value in seconds.items() if name != "total")
-    text = (f"2D study (product GMM × bar), {args.trials} trial(s), mean ± population std. Budget: "
-            f"{preset.reductions()}; tuning pass {TUNING[1]} chains × {TUNING[3]} adaptation steps per level (its cost "
-            "is not in NFE/sample; the tuned rows' wall s includes it). ε: the step at the first and the last level "
-            f"(trial mean). Machine: nproc = {len(os.sched_getaffinity(0))}, "
+    about = (f"SMC rows: exact or Feynman–Kac (FK) weights, groups of {SMC_GROUP}, ESS threshold 0.5, final "
+             "resampling; equal NFE with and without (ESS: the mean over levels and groups before resampling). "
+             if particles else
+             f"tuning pass {TUNING[1]} chains × {TUNING[3]} adaptation steps per level (its cost is not in "
+             "NFE/sample; the tuned rows' wall s includes it). ε: the step at the first and the last level (trial "
+             "mean). ")
+    text = (f"2D {'particle ' if particles else ''}study (product GMM × bar), {args.trials} trial(s), mean ± "
+            f"population std. Budget: {preset.reductions()}; {about}Outside bar: the share of samples with "
+            f"|x| >= 0.2. Machine: nproc = {len(os.sched_getaffinity(0))}, "
             f"{args.jobs} parallel jobs; total wall time {seconds['total']:.0f} s ({phases})"
             + (f"; {reused} runs reused from an earlier invocation." if reused else ".") + "\n\n"
-            + study_table(rows) + "\n")
+            + study_table(rows, particles) + "\n")
     (out / "table.md").write_text(text)
     (out / "results.json").write_text(json.dumps(
-        {"preset": "study", "settings": {f.name: getattr(preset, f.name) for f in fields(preset)},
+        {"preset": args.preset, "settings": {f.name: getattr(preset, f.name) for f in fields(preset)},
          "tuning": list(TUNING), "trials": args.trials, "n_samples": n_samples, "jobs": args.jobs,
          "seconds": seconds, "cpu_seconds_of_runs": cpu_seconds, "reused_runs": reused, "rows": rows}, indent=2))
     print(text)

@@ -140,6 +140,8 @@ PRESETS = {
                     rows=("sample_score_reverse", "sample_score_hmc_curve", "sample_oracle_hmc")),
     # The MH-correction study (experiments/study2d.py, its own rows): the demo's models, 300 samples per row.
     "study": Preset(hidden=32, batch_size=500, max_steps=3000, n_samples=300, rows=()),
+    # The particle study (study2d.SMC_ROWS): the same models, 512 samples per row (8 groups of 64).
+    "smc": Preset(hidden=32, batch_size=500, max_steps=3000, n_samples=512, rows=()),
 }
 
 
@@ -348,7 +350,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> str:
     """Runs the experiment and returns (and prints) the table with its caption."""
     args = parse_args(argv)
-    if args.preset == "study":  # its own rows, phases and table
+    if args.preset in ("study", "smc"):  # their own rows, phases and table
         from lit_mcmc.experiments.study2d import run_study
 
         return run_study(args)

@@ -35,6 +35,7 @@ from lit_mcmc.samplers.adaptation import (
     tune_step_sizes,
     tuning_indices,
 )
+from lit_mcmc.samplers.particles import ParticleInfo, ResampleConfig
 from lit_mcmc.samplers.schedules import StepTable
 from lit_mcmc.targets import Target
 
@@ -324,7 +325,10 @@ class SamplingModule(L.LightningModule):
 
     def labels_for(self, indices: Tensor) -> Tensor | None:
         """The class each sample is guided towards or conditioned on (None without classifier guidance or a
-        class-conditional model's ``class_labels``); a function of the index."""
+        class-conditional model's ``class_labels``); a function of the index. With particle resampling it is a
+        function of the group (index // group size): the particles of a group share one target."""
+        if self.sampler_config.resample is not None:
+            indices = indices // self.sampler_config.resample.group_size
         if self.composition.kind not in CLASSIFIER_ROLE:
             cycle = getattr(self.target, "label_cycle", None)  # a class-conditional diffusers UNet
             if cycle is None:
@@ -344,11 +348,27 @@ class SamplingModule(L.LightningModule):
             raise ValueError(f"trainer.precision={trainer_precision} would cast the chains and the MH arithmetic; "
                              "sampling keeps them float32: set trainer.precision: 32-true and model.precision (bf16, "
                              "fp16, tf32 or fp32) for the networks")
+        self.check_particle_groups(getattr(self.trainer, "datamodule", None))
         self.prepare_step_table()
 
-    def check_before_sampling(self) -> None:
+    def check_particle_groups(self, datamodule: Any) -> None:
+        """With particle resampling, every batch must hold whole groups (a group is one SMC run), so
+        ``data.batch_size`` and ``data.n_samples`` must be multiples of ``model.sampler.resample.group_size``."""
+        resample = self.sampler_config.resample
+        if resample is None or datamodule is None:
+            return
+        for key in ("batch_size", "n_samples"):
+            value = getattr(datamodule, key, None)
+            if value is not None and value % resample.group_size:
+                raise ValueError(f"data.{key}={value} is not a multiple of model.sampler.resample.group_size="
+                                 f"{resample.group_size}: particles resample within groups of consecutive samples, "
+                                 f"and a batch must never split one; set data.{key} to a multiple of it")
+
+    def check_before_sampling(self, datamodule: Any = None) -> None:
         """What can be checked before any file is written: a given ``sampler.step_table`` must be readable and
-        cover every level that runs the kernel (the CLI calls this before the run directory is touched)."""
+        cover every level that runs the kernel, and particle groups must fit the data's batches (the CLI calls this
+        before the run directory is touched)."""
+        self.check_particle_groups(datamodule)
         config = self.sampler_config
         if config.step_table is not None:
             table, _ = load_step_table(config.step_table, key="model.sampler.step_table")
@@ -398,6 +418,7 @@ class SamplingModule(L.LightningModule):
     def predict_step(self, batch: Tensor, batch_idx: int) -> dict[str, Any]:
         indices = torch.as_tensor(batch, dtype=torch.long)
         labels = self.labels_for(indices.to(self.device))
+        check_whole_groups(indices, self.sampler_config.resample)
         start = time.perf_counter()
         # Lightning's mixed-precision autocast stays off here: self.precision alone decides the networks' precision.
         with torch.autocast(self.device.type, enabled=False), float32_matmul(self.precision):
@@ -421,4 +442,31 @@ class SamplingModule(L.LightningModule):
             output["labels"] = labels.cpu()
         if self.decoder is not None:
             output["images"] = self.decoder(samples)
+        if info.particles is not None:
+            output["particles"] = particle_output(info.particles, indices)
         return output
+
+
+def check_whole_groups(indices: Tensor, resample: ResampleConfig | None) -> None:
+    """A batch of particles must be whole groups of consecutive indices (i // group_size), in order."""
+    if resample is None:
+        return
+    size = resample.group_size
+    first = int(indices[0]) if len(indices) else 0
+    expected = torch.arange(first, first + len(indices))
+    if len(indices) % size or first % size or not torch.equal(indices.cpu(), expected):
+        raise ValueError(f"a batch of sample indices {first}..{int(indices[-1])} splits a group of "
+                         f"model.sampler.resample.group_size={size}: data.batch_size and data.n_samples must be "
+                         "multiples of the group size")
+
+
+def particle_output(particles: ParticleInfo, indices: Tensor) -> dict[str, Any]:
+    """What a batch's particles report: per sample log_weight; per group (named by first index // group size) log Ẑ
+    and unique ancestors; per level the ESS (mean and min over the batch's groups) and the groups resampled."""
+    return {"log_weight": particles.log_weight.float().cpu(),
+            "group_ids": (indices[:: particles.group_size] // particles.group_size).cpu(),
+            "group_log_z": particles.log_z.cpu(),
+            "group_unique_ancestors": particles.unique_ancestors.cpu(),
+            "ess_mean_per_level": particles.ess_mean_per_level,
+            "ess_min_per_level": particles.ess_min_per_level,
+            "resampled_groups_per_level": particles.resampled_groups_per_level}

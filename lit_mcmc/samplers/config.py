@@ -78,6 +78,8 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         key = "sampler"
+        if isinstance(self.resample, dict):  # a config read as plain data
+            self.resample = ResampleConfig(**self.resample)
         if self.final_denoise and self.reverse:
             raise ValueError(f"{key}.final_denoise applies to samplers without reverse steps (reverse: false): with "
                              "reverse: true the last reverse step (from level 0, without noise) already returns "
