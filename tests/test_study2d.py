@@ -52,4 +52,5 @@ def test_particle_study_pairs_every_sampler_with_and_without_particles(tmp_path:
         assert option(jobs[f"{key}_smc"], f"{SAMPLER}resample.weights") == "feynman_kac"
     assert option(jobs["score_hmc_curve_reverse"], f"{SAMPLER}reverse") == "true"
     assert option(jobs["oracle_hmc"], "--data.init_args.n_samples") == "512"
+    assert int(option(jobs["oracle_hmc_smc"], "--data.init_args.batch_size")) % 64 == 0
     assert len(phases["train"]) == 5 * 4

@@ -108,8 +108,9 @@ STUDY_ROWS = (*model_rows("score", "hmc_curve", "HMC-curve", "la_1_line", "LA-1-
 # The particle study (preset "smc"): each sampler with and without resampling, at equal NFE (the weights and
 # resampling cost no evaluation), groups of 64 of the 512 samples.
 SMC_GROUP = 64
-EXACT_SMC = (f"{SAMPLER}resample.weights", "exact", f"{SAMPLER}resample.group_size", str(SMC_GROUP))
-FK_SMC = (f"{SAMPLER}resample.weights", "feynman_kac", f"{SAMPLER}resample.group_size", str(SMC_GROUP))
+SMC_BATCH = ("--data.init_args.batch_size", "512")  # whole groups per batch (the configs' 2000 is not)
+EXACT_SMC = (f"{SAMPLER}resample.weights", "exact", f"{SAMPLER}resample.group_size", str(SMC_GROUP), *SMC_BATCH)
+FK_SMC = (f"{SAMPLER}resample.weights", "feynman_kac", f"{SAMPLER}resample.group_size", str(SMC_GROUP), *SMC_BATCH)
 DENOISE = (f"{SAMPLER}final_denoise", "true")
 REVERSE = (f"{SAMPLER}reverse", "true")
 
