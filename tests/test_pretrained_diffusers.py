@@ -81,9 +81,12 @@ def write_text_parts(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory) -> Path:
+    return write_pipelines(tmp_path_factory.mktemp("diffusers"))
+
+
+def write_pipelines(root: Path) -> Path:
     """root/sd: a latent text-to-image pipeline (SD layout: PNDM scheduler, VAE); root/if: a pixel one with a
     learned variance (IF stage I layout: DDPM cosine scheduler, learned_range)."""
-    root = tmp_path_factory.mktemp("diffusers")
     sd = root / "sd"
     tiny_text_unet(4, 4).save_pretrained(sd / "unet")
     PNDMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
