@@ -62,7 +62,7 @@ def config(kernel: str, target_accept: float | None = None, **kwargs) -> Sampler
 
 
 def tune(spec: SamplerConfig, target: Target, schedule: NoiseSchedule, seed: int = 0) -> StepTuning:
-    return tune_step_sizes(lambda step: spec.build(target, schedule, step), spec.initial_steps(schedule),
+    return tune_step_sizes(spec.build(schedule), target, spec.initial_steps(schedule),
                            spec.target_accept, spec.tune_samples, spec.tune_steps, seed, (2,))  # type: ignore[arg-type]
 
 
@@ -116,7 +116,7 @@ def test_tuned_steps_reach_the_target_acceptance(tuned, schedule, name):
     at least 80 % of the levels; the tuning pass reports the same acceptance."""
     spec, target, tuning = tuned[name]
     assert sorted(tuning.table.steps) == list(range(LEVELS))
-    _, info = spec.build(target, schedule, tuning.table).sample((256, 2), PerSampleRandom(1, torch.arange(256)))
+    _, info = spec.build(schedule).sample(target, (256, 2), PerSampleRandom(1, torch.arange(256)), tuning.table)
     rates = info.accept_rate_per_level
     near = [abs(rates[t] - spec.target_accept) <= 0.05 for t in rates]  # type: ignore[operator]
     assert sum(near) >= 0.8 * LEVELS, rates
@@ -135,11 +135,12 @@ def test_the_table_drives_the_samples(tuned, schedule):
     """Sampling with a table is deterministic given it; another table gives other samples."""
     spec, target, tuning = tuned["HMC-energy"]
     random = lambda: PerSampleRandom(3, torch.arange(32))  # noqa: E731
-    first, _ = spec.build(target, schedule, tuning.table).sample((32, 2), random())
-    again, _ = spec.build(target, schedule, StepTable(dict(tuning.table.steps))).sample((32, 2), random())
+    sampler = spec.build(schedule)
+    first, _ = sampler.sample(target, (32, 2), random(), tuning.table)
+    again, _ = sampler.sample(target, (32, 2), random(), StepTable(dict(tuning.table.steps)))
     assert torch.equal(first, again)
     scaled = StepTable({t: 1.3 * v for t, v in tuning.table.steps.items()})
-    other, _ = spec.build(target, schedule, scaled).sample((32, 2), random())
+    other, _ = sampler.sample(target, (32, 2), random(), scaled)
     assert not torch.allclose(first, other)
 
 
@@ -154,7 +155,7 @@ def test_tuning_is_deterministic_and_uses_its_own_streams(product20, schedule):
 def test_tuning_with_reverse_steps_covers_the_mcmc_levels(product20, schedule):
     spec = config("hmc", 0.8, reverse=True, tune_samples=16, tune_steps=5)
     tuning = tune(spec, product20, schedule)
-    assert sorted(tuning.table.steps, reverse=True) == spec.build(product20, schedule).mcmc_levels()
+    assert sorted(tuning.table.steps, reverse=True) == spec.build(schedule).mcmc_levels()
 
 
 # ----- step_sizes.json: reuse, resume, errors --------------------------------------------------------------------
@@ -162,7 +163,7 @@ def test_tuning_with_reverse_steps_covers_the_mcmc_levels(product20, schedule):
 
 def test_obtain_tunes_once_then_reuses_the_saved_table(tmp_path: Path, product20, schedule):
     spec = config("mala", 0.65, tune_samples=8, tune_steps=4)
-    levels = spec.build(product20, schedule).mcmc_levels()
+    levels = spec.build(schedule).mcmc_levels()
     calls = []
 
     def tune_once() -> StepTuning:
@@ -200,7 +201,7 @@ def test_a_table_for_other_levels_is_an_error(tmp_path: Path, product20, schedul
     path = tmp_path / "steps.json"
     path.write_text(json.dumps({"step_sizes": {"5": 0.1, "4": 0.1}}))
     spec = SamplerConfig(kernel="uhmc", step_size=0.03, reverse=False, step_table=str(path))
-    levels = spec.build(product20, schedule).mcmc_levels()
+    levels = spec.build(schedule).mcmc_levels()
     with pytest.raises(ValueError, match=r"sampler.step_table=.*lacks step sizes for levels \[19, 18"):
         obtain_step_table(spec, tmp_path, 0, levels, lambda: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(ValueError, match="has no step size for level t=7"):

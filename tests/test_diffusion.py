@@ -119,8 +119,8 @@ def test_learned_variance_flows_from_the_network_to_the_reverse_step():
     s = NoiseSchedule.linear(30)
     rng = lambda: PerSampleRandom(5, torch.arange(4))  # noqa: E731
     for v, variance in ((1.0, "beta"), (-1.0, "posterior")):
-        learned = AnnealedSampler(ScoreModelTarget(LearnedSigma(v), s, learned_variance=True), s, None,
-                                  reverse_variance="learned").sample((4, 2, 3, 3), rng())[0]
-        fixed = AnnealedSampler(ScoreModelTarget(EpsOnly(), s), s, None,
-                                reverse_variance=variance).sample((4, 2, 3, 3), rng())[0]
+        learned = AnnealedSampler(s, None, reverse_variance="learned").sample(
+            ScoreModelTarget(LearnedSigma(v), s, learned_variance=True), (4, 2, 3, 3), rng())[0]
+        fixed = AnnealedSampler(s, None, reverse_variance=variance).sample(ScoreModelTarget(EpsOnly(), s),
+                                                                             (4, 2, 3, 3), rng())[0]
         torch.testing.assert_close(learned, fixed, rtol=1e-5, atol=1e-6)

@@ -84,7 +84,7 @@ def test_exact_weights_estimate_the_normalising_constant_without_bias(sampler):
     target, log_z = _product(schedule)
     config = SamplerConfig(**sampler, resample=ResampleConfig("exact", group_size=64, ess_threshold=0.5))
     n = 64 * 200
-    _, info = config.build(target, schedule).sample((n, 2), PerSampleRandom(0, torch.arange(n)))
+    _, info = config.build(schedule).sample(target, (n, 2), PerSampleRandom(0, torch.arange(n)))
     z_hat = info.particles.log_z.exp()
     mean, se = float(z_hat.mean()), float(z_hat.std() / math.sqrt(len(z_hat)))
     assert abs(mean - math.exp(log_z)) < 4 * se, (mean, se, math.exp(log_z))
@@ -96,10 +96,10 @@ def test_resampling_costs_no_network_evaluations():
     target, _ = _product(schedule)
     for base in (dict(kernel="hmc", correction="energy", step_size=0.05, n_steps=2, reverse=False),
                  dict(kernel="hmc", correction="curve", step_size=0.05, n_steps=2, reverse=True)):
-        plain = SamplerConfig(**base).build(target, schedule).sample((32, 2), PerSampleRandom(0, torch.arange(32)))[1]
+        plain = SamplerConfig(**base).build(schedule).sample(target, (32, 2), PerSampleRandom(0, torch.arange(32)))[1]
         weights = "exact" if not base["reverse"] else "feynman_kac"
-        smc = SamplerConfig(**base, resample=ResampleConfig(weights, group_size=16)).build(target, schedule)
-        assert smc.sample((32, 2), PerSampleRandom(0, torch.arange(32)))[1].nfe == plain.nfe
+        smc = SamplerConfig(**base, resample=ResampleConfig(weights, group_size=16)).build(schedule)
+        assert smc.sample(target, (32, 2), PerSampleRandom(0, torch.arange(32)))[1].nfe == plain.nfe
 
 
 # ----- Feynman–Kac weights -----------------------------------------------------------------------------------------
@@ -179,14 +179,13 @@ def test_particle_settings_that_cannot_work_are_clear_errors():
         ResampleConfig("exact", ess_threshold=2)
     score = ScoreModelTarget(lambda x, t: x, schedule)
     with pytest.raises(ValueError, match="weights='exact' needs log-densities"):
-        SamplerConfig(kernel="reverse", resample=ResampleConfig("exact")).build(score, schedule)
+        SamplerConfig(kernel="reverse", resample=ResampleConfig("exact")).build(schedule).check_target(score)
     mixture = Mixture([_gaussian(0.0, 1.0, schedule), _gaussian(1.0, 1.0, schedule)])
     with pytest.raises(ValueError, match="needs a weighted product of diffused densities"):
-        SamplerConfig(kernel="reverse", resample=ResampleConfig("feynman_kac")).build(mixture, schedule)
-    sampler = SamplerConfig(kernel="reverse", resample=ResampleConfig("feynman_kac", group_size=8)).build(
-        Product([_gaussian(0.0, 1.0, schedule)]), schedule)
+        SamplerConfig(kernel="reverse", resample=ResampleConfig("feynman_kac")).build(schedule).check_target(mixture)
+    sampler = SamplerConfig(kernel="reverse", resample=ResampleConfig("feynman_kac", group_size=8)).build(schedule)
     with pytest.raises(ValueError, match="does not hold whole groups"):
-        sampler.sample((12, 1), PerSampleRandom(0, torch.arange(12)))
+        sampler.sample(Product([_gaussian(0.0, 1.0, schedule)]), (12, 1), PerSampleRandom(0, torch.arange(12)))
 
 
 def test_particles_do_not_depend_on_how_groups_are_batched():
@@ -195,9 +194,9 @@ def test_particles_do_not_depend_on_how_groups_are_batched():
     target, _ = _product(schedule)
     config = SamplerConfig(kernel="hmc", correction="energy", step_size=0.05, n_steps=2, reverse=False,
                            resample=ResampleConfig("exact", group_size=8, final="weighted"))
-    sampler = config.build(target, schedule)
-    whole, info = sampler.sample((32, 2), PerSampleRandom(5, torch.arange(32)))
-    halves = [sampler.sample((16, 2), PerSampleRandom(5, torch.arange(16) + start)) for start in (0, 16)]
+    sampler = config.build(schedule)
+    whole, info = sampler.sample(target, (32, 2), PerSampleRandom(5, torch.arange(32)))
+    halves = [sampler.sample(target, (16, 2), PerSampleRandom(5, torch.arange(16) + start)) for start in (0, 16)]
     torch.testing.assert_close(torch.cat([h[0] for h in halves]), whole, atol=0, rtol=0)
     torch.testing.assert_close(torch.cat([h[1].particles.log_z for h in halves]), info.particles.log_z,
                                atol=0, rtol=0)
@@ -220,10 +219,10 @@ def test_particles_empty_the_metastable_modes_of_the_2d_product():
     papers = dict(kernel="hmc", n_steps=10, step_size=0.03, n_leapfrog=3, damping=0.5, carry_momentum=True,
                   correction="energy", flip_on_reject=False, reverse=False)
     n, group = 1024, 64
-    plain, plain_info = SamplerConfig(**papers).build(target, schedule).sample((n, 2),
-                                                                               PerSampleRandom(0, torch.arange(n)))
-    smc, smc_info = SamplerConfig(**papers, resample=ResampleConfig("exact", group)).build(target, schedule).sample(
-        (n, 2), PerSampleRandom(0, torch.arange(n)))
+    plain, plain_info = SamplerConfig(**papers).build(schedule).sample(target, (n, 2),
+                                                                       PerSampleRandom(0, torch.arange(n)))
+    smc, smc_info = SamplerConfig(**papers, resample=ResampleConfig("exact", group)).build(schedule).sample(
+        target, (n, 2), PerSampleRandom(0, torch.arange(n)))
     assert smc_info.nfe == plain_info.nfe
     assert 1 - inside_bar(plain).float().mean() > 0.03  # the problem is there without particles
     assert 1 - inside_bar(smc).float().mean() < 0.005

@@ -139,8 +139,8 @@ def test_bf16_quality_guard_acceptance_and_sample_statistics(gmm8, cosine100):
     n = 1000
     runs = {}
     for precision in ("fp32", "bf16"):
-        sampler = config.build(with_precision(target, precision), schedule)
-        runs[precision] = sampler.sample((n, 2), PerSampleRandom(3, torch.arange(n)))
+        runs[precision] = config.build(schedule).sample(with_precision(target, precision), (n, 2),
+                                                        PerSampleRandom(3, torch.arange(n)))
     (x32, info32), (x16, info16) = runs["fp32"], runs["bf16"]
     assert min(info32.accept_rate_per_level.values()) < 0.9  # with teeth: some levels reject often
     for level, rate in info32.accept_rate_per_level.items():

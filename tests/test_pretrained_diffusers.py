@@ -209,10 +209,9 @@ def test_mh_line_correction_integrates_the_composed_score_with_one_call_per_eval
     unet = tiny_text_unet(3, 3)
     schedule = schedule_from_scheduler(DDPMScheduler(num_train_timesteps=1000)).respace(3)
     target = PromptProduct(unet, schedule, torch.randn(3, TEXT_LEN, TEXT_DIM), [1.5, 1.5])
-    sampler = SamplerConfig(kernel="mala", n_steps=2, step_a=0.5, correction="line", n_points=3).build(target,
-                                                                                                       schedule)
+    sampler = SamplerConfig(kernel="mala", n_steps=2, step_a=0.5, correction="line", n_points=3).build(schedule)
     calls = count_calls(unet)
-    samples, info = sampler.sample((2, 3, RESOLUTION, RESOLUTION), PerSampleRandom(0, torch.arange(2)))
+    samples, info = sampler.sample(target, (2, 3, RESOLUTION, RESOLUTION), PerSampleRandom(0, torch.arange(2)))
     assert torch.isfinite(samples).all() and info.adjusted
     assert len(calls) == info.nfe and set(calls) == {6}  # every evaluation is one UNet call of (k+1)·B
 
@@ -323,7 +322,7 @@ def test_class_conditional_unet_follows_the_sample_index(tmp_path: Path):
     x = torch.randn(3, 3, RESOLUTION, RESOLUTION)
     with torch.no_grad():
         direct = unet(x, torch.full((3,), 999), class_labels=labels).sample
-    per_batch = module._sampler_for(labels).target
+    per_batch = module.target_for(labels)
     torch.testing.assert_close(per_batch.score(x, 1), -direct / float(module.schedule.marginal_std[1]))
     assert module.predict_step(torch.tensor([4, 5]), 0)["labels"].tolist() == [3, 1]
     with pytest.raises(ValueError, match="class_labels .* needs model.composition.kind: single"):

@@ -151,8 +151,8 @@ def test_nfe_accounting_per_rule(product, kernel, per_step):
 def test_chain_info_reports_the_error_estimate_per_level(product, cosine100):
     config = SamplerConfig(kernel="hmc", step_size=0.03, damping=0.5, correction="curve", n_points=1,
                            quadrature="simpson", n_steps=2, reverse=False)
-    sampler = config.build(ScoreOnly(product), cosine100)
-    _, info = sampler.sample((16, 2), torch.Generator().manual_seed(0))
+    sampler = config.build(cosine100)
+    _, info = sampler.sample(ScoreOnly(product), (16, 2), torch.Generator().manual_seed(0))
     assert sorted(info.quadrature_error_per_level) == list(range(100))
     assert all(v >= 0 for v in info.quadrature_error_per_level.values())
     assert info.as_dict()["quadrature_error_mean"] > 0

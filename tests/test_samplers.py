@@ -294,7 +294,7 @@ def test_errors_name_the_parameter(gaussian):
     with pytest.raises(ValueError, match="correction='energy'.*score-parameterised"):
         MALA(0.01, "energy").run(score_only, x, 0, 1)
     with pytest.raises(ValueError, match="correction='energy'"):
-        AnnealedSampler(score_only, NoiseSchedule.cosine(100), HMC(0.01, correction="energy"), 1)
+        AnnealedSampler(NoiseSchedule.cosine(100), HMC(0.01, correction="energy"), 1).check_target(score_only)
     with pytest.raises(ValueError, match="step_size must be positive"):
         ULA(-0.1)
     with pytest.raises(ValueError, match="damping=1.5"):
@@ -335,7 +335,7 @@ KERNELS = {
 
 @pytest.mark.parametrize("reverse", [False, True])
 def test_every_kernel_visits_the_same_levels(product, cosine100, reverse):
-    plans = {name: AnnealedSampler(product, cosine100, make(), 10, reverse=reverse).mcmc_levels()
+    plans = {name: AnnealedSampler(cosine100, make(), 10, reverse=reverse).mcmc_levels()
              for name, make in KERNELS.items()}
     expected = list(range(99, -1, -1)) if not reverse else list(range(98, -1, -1))
     assert all(levels == expected for levels in plans.values())
@@ -355,8 +355,8 @@ class LevelCounting(Target):
 def test_annealed_calls_per_level(product):
     sched = NoiseSchedule.cosine(6)
     target = LevelCounting(Product(product.parts))
-    sampler = AnnealedSampler(target, sched, MALA(1e-4, "energy"), n_steps=3, reverse=True)
-    _, info = sampler.sample((16, 2), torch.Generator().manual_seed(0))
+    sampler = AnnealedSampler(sched, MALA(1e-4, "energy"), n_steps=3, reverse=True)
+    _, info = sampler.sample(target, (16, 2), torch.Generator().manual_seed(0))
     # reverse from 5 (1 evaluation), then at each level 4..0: init + 3 steps; the kernel's cached score at
     # level l serves the reverse step from l, so no further evaluation is needed.
     expected = [5] + [lvl for lvl in range(4, -1, -1) for _ in range(4)]
@@ -367,8 +367,8 @@ def test_annealed_calls_per_level(product):
 
 def test_reverse_process_with_exact_score_recovers_the_data(cosine100):
     data = DiffusedGaussianMixture(torch.tensor([[1.0, -0.5]]), 0.2, cosine100)
-    sampler = AnnealedSampler(data, cosine100, None, reverse=True, reverse_variance="posterior")
-    x, info = sampler.sample((4000, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
+    sampler = AnnealedSampler(cosine100, None, reverse=True, reverse_variance="posterior")
+    x, info = sampler.sample(data, (4000, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
     assert info.nfe == 100
     assert x.mean(0).tolist() == pytest.approx([1.0, -0.5], abs=0.02)
     assert x.std(0).tolist() == pytest.approx([0.2, 0.2], abs=0.02)
@@ -376,8 +376,7 @@ def test_reverse_process_with_exact_score_recovers_the_data(cosine100):
 
 def test_annealed_per_sample_random_is_batch_invariant(product):
     sched = NoiseSchedule.cosine(8)
-    sampler = AnnealedSampler(product, sched, HMC(0.03, 3, 0.5, correction="energy", carry_momentum=True), 2,
-                              reverse=False)
-    full, _ = sampler.sample((6, 2), PerSampleRandom(7, torch.arange(6)))
-    part, _ = sampler.sample((2, 2), PerSampleRandom(7, torch.arange(4, 6)))
+    sampler = AnnealedSampler(sched, HMC(0.03, 3, 0.5, correction="energy", carry_momentum=True), 2, reverse=False)
+    full, _ = sampler.sample(product, (6, 2), PerSampleRandom(7, torch.arange(6)))
+    part, _ = sampler.sample(product, (2, 2), PerSampleRandom(7, torch.arange(4, 6)))
     assert torch.allclose(full[4:], part, atol=1e-6)

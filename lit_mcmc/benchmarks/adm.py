@@ -69,14 +69,14 @@ def time_levels(row: str, unet: ADMUNet, classifier: ADMEncoderClassifier, batch
     window = NoiseSchedule.linear(T_FULL).respace(levels + 1)
     target = ClassifierGuidance(ScoreModelTarget(unet, window, learned_variance=unet.learn_sigma), classifier,
                                 window, 20.0, labels=torch.arange(batch, device=device) % 1000)
-    sampler = sampler_for(row).build(target, window)
+    sampler = sampler_for(row).build(window)
     shape = (batch, unet.in_channels, unet.image_size, unet.image_size)
     x = torch.randn(shape, device=device)
     rng = PerSampleRandom(0, torch.arange(batch))
-    sampler_for(row).build(target, NoiseSchedule.linear(T_FULL).respace(2)).run(x, rng)  # warm-up
+    sampler_for(row).build(NoiseSchedule.linear(T_FULL).respace(2)).run(target, x, rng)  # warm-up
     _synchronize(device)
     start = time.perf_counter()
-    _, info = sampler.run(x, rng)
+    _, info = sampler.run(target, x, rng)
     _synchronize(device)
     seconds = time.perf_counter() - start
     # the first level is a bare reverse step (no MCMC before it): count the levels after it

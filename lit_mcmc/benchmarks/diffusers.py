@@ -63,14 +63,14 @@ def run(small: bool, levels: int, batch: int, device: torch.device) -> list[dict
     target, size = build_target(small, levels, device, dtype)
     rows = []
     for name, config in sampler_configs().items():
-        sampler = config.build(target, target.schedule)
+        sampler = config.build(target.schedule)
         shape = (batch, 4, size, size)
-        sampler.sample(shape, PerSampleRandom(0, torch.arange(batch)), device=device)  # warm-up
+        sampler.sample(target, shape, PerSampleRandom(0, torch.arange(batch)), device=device)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        _, info = sampler.sample(shape, PerSampleRandom(1, torch.arange(batch)), device=device)
+        _, info = sampler.sample(target, shape, PerSampleRandom(1, torch.arange(batch)), device=device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start

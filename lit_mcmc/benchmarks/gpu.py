@@ -156,10 +156,10 @@ def guided_target(row: str, nets: dict[str, nn.Module], schedule: NoiseSchedule,
 
 def sample_once(row: str, target: Target, schedule: NoiseSchedule, batch: int, shape: tuple[int, ...],
                 device: torch.device) -> tuple[float, Any]:
-    sampler = sampler_config(row).build(target, schedule)
+    sampler = sampler_config(row).build(schedule)
     synchronize(device)
     start = time.perf_counter()
-    _, info = sampler.sample((batch, *shape), PerSampleRandom(0, torch.arange(batch)), device=device)
+    _, info = sampler.sample(target, (batch, *shape), PerSampleRandom(0, torch.arange(batch)), device=device)
     synchronize(device)
     return time.perf_counter() - start, info
 

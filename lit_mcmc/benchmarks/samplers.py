@@ -96,9 +96,9 @@ def time_sampler(name: str, kernel: Kernel, target: Target, schedule: NoiseSched
         run = partial(kernel.run, target, x0, args.level, args.steps)
     else:
         resample = ResampleConfig("exact", SMC_GROUP) if name.endswith(SMC) else None
-        annealed = AnnealedSampler(target, schedule, kernel, args.steps_per_level, reverse=False, resample=resample)
+        annealed = AnnealedSampler(schedule, kernel, args.steps_per_level, reverse=False, resample=resample)
         levels = annealed.mcmc_levels()
-        run = partial(annealed.run, x0)
+        run = partial(annealed.run, target, x0)
     # Sampler and bare evaluations alternate, so a change in the machine's load hits both alike; the same seed
     # every repeat makes each repeat do identical work.
     own = bare = (math.inf, math.inf)

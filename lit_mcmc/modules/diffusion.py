@@ -208,6 +208,6 @@ class DiffusionModule(StopOnDivergence, PerRankNoise, L.LightningModule):
         """n samples from the plain reverse process (used by monitoring callbacks during ``fit``)."""
         if self.hparams.sample_shape is None:
             raise ValueError("model.sample_shape is needed to generate samples (e.g. [2] or [3, 32, 32])")
-        sampler = AnnealedSampler(self.target(), self.schedule, None, reverse=True)
-        samples, _ = sampler.sample((n, *self.hparams.sample_shape), generator, device=self.device)
+        sampler = AnnealedSampler(self.schedule, None, reverse=True)
+        samples, _ = sampler.sample(self.target(), (n, *self.hparams.sample_shape), generator, device=self.device)
         return samples, None

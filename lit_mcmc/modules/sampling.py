@@ -25,7 +25,7 @@ from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.modules.components import ComponentConfig, check_sample_shape, has_exact_log_prob, load_component
 from lit_mcmc.precision import Precision, check_precision, float32_matmul, with_precision
 from lit_mcmc.report import sampler_hparams
-from lit_mcmc.samplers import AnnealedSampler, PerSampleRandom, SamplerConfig
+from lit_mcmc.samplers import PerSampleRandom, SamplerConfig
 from lit_mcmc.samplers.adaptation import (
     StepTuning,
     check_covers,
@@ -191,7 +191,8 @@ class SamplingModule(L.LightningModule):
             self.target: Target = self._classifier_guidance(parts, composition)
         else:
             self.target = self._compose(parts, composition)
-        self.sampler = sampler.build(with_precision(self.target, precision), self.schedule)
+        self.sampler = sampler.build(self.schedule)
+        self.sampler.check_target(self.target)
         # Tuned or reused ε per level (sampler.target_accept / step_table), set in on_predict_start.
         self.step_table: StepTable | None = None
         self.step_table_record: dict[str, Any] | None = None
@@ -388,25 +389,22 @@ class SamplingModule(L.LightningModule):
         record = self.trainer.strategy.broadcast(record, src=0)  # one table for all ranks, computed once
         self.step_table = parse_step_table(record, "step_sizes.json")
         self.step_table_record = record
-        self.sampler = config.build(with_precision(self.target, self.precision), self.schedule, self.step_table)
 
     def _tune_step_sizes(self) -> StepTuning:
         """The tuning pass: ``sampler.tune_samples`` chains on streams of their own (labels as their indices give)."""
         config = self.sampler_config
-        labels = self.labels_for(tuning_indices(config.tune_samples).to(self.device))
-        target = self.target if labels is None else self.target.with_labels(labels)  # type: ignore[attr-defined]
+        target = self.target_for(self.labels_for(tuning_indices(config.tune_samples).to(self.device)))
         with torch.autocast(self.device.type, enabled=False), float32_matmul(self.precision):
-            return tune_step_sizes(
-                lambda step: config.build(with_precision(target, self.precision), self.schedule, step),
-                config.initial_steps(self.schedule), config.target_accept, config.tune_samples,  # type: ignore[arg-type]
-                config.tune_steps, self.seed, tuple(self.sample_shape), self.device)
+            return tune_step_sizes(self.sampler, target, config.initial_steps(self.schedule), config.target_accept,  # type: ignore[arg-type]
+                                   config.tune_samples, config.tune_steps, self.seed, tuple(self.sample_shape),
+                                   self.device)
 
-    def _sampler_for(self, labels: Tensor | None) -> AnnealedSampler:
+    def target_for(self, labels: Tensor | None) -> Target:
+        """The target the sampler samples for these labels (None: unlabelled), at ``model.precision``."""
         if labels is None:
-            return self.sampler
+            return with_precision(self.target, self.precision)
         assert isinstance(self.target, LabelledGuidance) or hasattr(self.target, "with_labels")
-        target = self.target.with_labels(labels)  # type: ignore[attr-defined]
-        return self.sampler_config.build(with_precision(target, self.precision), self.schedule, self.step_table)
+        return with_precision(self.target.with_labels(labels), self.precision)  # type: ignore[attr-defined]
 
     def report_hparams(self) -> dict[str, Any]:
         """What distinguishes this run from other sampler runs (stats.json, TensorBoard's HParams view): the
@@ -422,8 +420,9 @@ class SamplingModule(L.LightningModule):
         start = time.perf_counter()
         # Lightning's mixed-precision autocast stays off here: self.precision alone decides the networks' precision.
         with torch.autocast(self.device.type, enabled=False), float32_matmul(self.precision):
-            samples, info = self._sampler_for(labels).sample((len(indices), *self.sample_shape),
-                                                             PerSampleRandom(self.seed, indices), device=self.device)
+            samples, info = self.sampler.sample(self.target_for(labels), (len(indices), *self.sample_shape),
+                                                PerSampleRandom(self.seed, indices), self.step_table,
+                                                device=self.device)
         output = {
             "indices": indices.cpu(),
             "samples": samples,

@@ -31,7 +31,7 @@ from lit_mcmc.samplers.config import SamplerConfig
 from lit_mcmc.samplers.kernels import ChainInfo, ChainState
 from lit_mcmc.samplers.random import PerSampleRandom, RandomStream
 from lit_mcmc.samplers.schedules import LevelValue, StepTable, value_at
-from lit_mcmc.targets import Evaluation
+from lit_mcmc.targets import Evaluation, Target
 
 TABLE_FORMAT = "lit_mcmc.step_sizes/1"
 TABLE_FILE = "step_sizes.json"
@@ -96,18 +96,6 @@ class DualAveraging:
         return math.exp(self.log_step_avg)
 
 
-class AdaptedStep:
-    """The step size the tuner is trying now: a level value for the kernel, set between kernel steps."""
-
-    def __init__(self) -> None:
-        self.value: float | None = None
-
-    def __call__(self, t: int) -> float:
-        if self.value is None:
-            raise RuntimeError("the tuning pass has not set a step size yet")
-        return self.value
-
-
 @dataclass
 class StepTuning:
     """A tuning pass's result: the table, and the acceptance per level of the tuning chains' K steps at the
@@ -141,9 +129,9 @@ class LevelAdapter:
     will, and move on to the next level; the acceptance of those K steps is reported per level.
     """
 
-    def __init__(self, sampler: AnnealedSampler, step: AdaptedStep, initial: LevelValue, target_accept: float,
+    def __init__(self, sampler: AnnealedSampler, initial: LevelValue, target_accept: float,
                  n_iterations: int) -> None:
-        self.sampler, self.step, self.initial = sampler, step, initial
+        self.sampler, self.initial = sampler, initial
         self.target_accept, self.n_iterations = target_accept, n_iterations
         self.steps: dict[int, float] = {}
         self.accept_rates: dict[int, float] = {}
@@ -158,9 +146,9 @@ class LevelAdapter:
             return configured
         return self.steps[self._previous] * configured / value_at(self.initial, self._previous, "step_size")
 
-    def adapt(self, x: Tensor, level: int, momentum: Tensor | None, rng: RandomStream) -> float:
+    def adapt(self, target: Target, x: Tensor, level: int, momentum: Tensor | None, rng: RandomStream) -> float:
         """Dual averaging over episodes of K steps from (x, momentum); returns the averaged step."""
-        kernel, target, episode_length = self.sampler.kernel, self.sampler.target, max(self.sampler.n_steps, 1)
+        kernel, episode_length = self.sampler.kernel, max(self.sampler.n_steps, 1)
         assert kernel is not None
         configured = value_at(self.initial, level, "step_size")
         averaging = DualAveraging(self.start_step(level), self.target_accept, configured / STEP_RANGE,
@@ -169,31 +157,31 @@ class LevelAdapter:
             if i % episode_length == 0:
                 state, nfe = kernel.init(target, x, level, momentum, rng)
                 self.adaptation_nfe += nfe
-            self.step.value = averaging.step
-            state, step_info = kernel.step(target, state, rng)
+            state, step_info = kernel.step(target, state, rng, averaging.step)
             self.adaptation_nfe += step_info.nfe
             # one host sync per step: the dual average needs the number (tuning is not the sampling hot path)
             averaging.update(float(acceptance_probability(step_info.log_ratio).mean()))  # type: ignore[arg-type]
         return averaging.final_step
 
-    def __call__(self, x: Tensor, level: int, momentum: Tensor | None, rng: RandomStream,
+    def __call__(self, target: Target, x: Tensor, level: int, momentum: Tensor | None, rng: RandomStream,
                  evaluation: Evaluation | None = None) -> tuple[ChainState, ChainInfo]:
-        self.steps[level] = self.step.value = self.adapt(x, level, momentum, rng)
-        state, info = self.sampler.run_level(x, level, momentum, rng, evaluation)
+        self.steps[level] = self.adapt(target, x, level, momentum, rng)
+        state, info = self.sampler.run_level(target, x, level, momentum, rng, evaluation, step_size=self.steps[level])
         self.accept_rates[level] = info.accept_rate
         self._previous = level
         return state, info
 
 
-def tune_step_sizes(build: Callable[[LevelValue], AnnealedSampler], initial: LevelValue, target_accept: float,
+def tune_step_sizes(sampler: AnnealedSampler, target: Target, initial: LevelValue, target_accept: float,
                     n_chains: int, n_iterations: int, seed: int, sample_shape: tuple[int, ...],
                     device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                     progress: bool = False) -> StepTuning:
-    """Tune ε per level: anneal ``n_chains`` tuning chains through the sampler's levels, adapting at each.
+    """Tune ε per level: anneal ``n_chains`` tuning chains on ``target`` through the sampler's levels, adapting at
+    each. The result's table is what :meth:`AnnealedSampler.sample` then takes as its ``step_table``.
 
     Args:
-        build: makes the annealed sampler for the tuning chains with the given step value (the tuner passes an
-            :class:`AdaptedStep`); the same config, target and schedule as the sampling pass.
+        sampler: the sampling pass's sampler (not changed: the tuning chains run as independent chains).
+        target: the target the sampling pass samples (for labelled targets, with the tuning chains' labels).
         initial: the configured step per level (``step_size`` or a·β_t^b): the first level's starting point, the
             shape of the warm starts, and the centre of the cap.
         target_accept: the mean acceptance probability to reach at every level, in (0, 1).
@@ -203,17 +191,15 @@ def tune_step_sizes(build: Callable[[LevelValue], AnnealedSampler], initial: Lev
     """
     if not 0 < target_accept < 1:
         raise ValueError(f"target_accept={target_accept} must lie in (0, 1)")
-    step = AdaptedStep()
-    sampler = build(step)
-    sampler.degeneracy = None  # the tuning chains adapt their steps: the sampling pass is what gets checked
-    sampler.resample = None  # and run as independent chains: particle weights do not change the MCMC kernel
     if sampler.kernel is None or sampler.kernel.correction is None:
         raise ValueError("step-size tuning needs an MH kernel (MALA or HMC with a correction)")
-    adapter = LevelAdapter(sampler, step, initial, target_accept, n_iterations)
+    sampler.kernel.check_target(target)
+    chains = sampler.without_particles()  # unchecked too: the sampling pass is what gets checked for degeneracy
+    adapter = LevelAdapter(chains, initial, target_accept, n_iterations)
     random = PerSampleRandom(seed, tuning_indices(n_chains))
     start = time.perf_counter()
-    _, info = sampler.sample((n_chains, *sample_shape), random, device=device, dtype=dtype, progress=progress,
-                             run_level=adapter)
+    _, info = chains.sample(target, (n_chains, *sample_shape), random, device=device, dtype=dtype, progress=progress,
+                            run_level=adapter)
     return StepTuning(StepTable(adapter.steps, "the tuned step table"), adapter.accept_rates,
                       info.nfe + adapter.adaptation_nfe, time.perf_counter() - start)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -28,11 +29,13 @@ from lit_mcmc.samplers.diagnostics import DegeneracyThresholds, DegenerateSampli
 from lit_mcmc.samplers.kernels import ChainInfo, ChainState, Kernel
 from lit_mcmc.samplers.particles import Particles, ResampleConfig, WithLogProb
 from lit_mcmc.samplers.random import RandomStream, as_random_stream
+from lit_mcmc.samplers.schedules import LevelValue, value_at
 from lit_mcmc.targets import Evaluation, Target
 
-# (x, level, momentum or None, random stream, evaluation at (x, level) or None) -> (final state, statistics): what
-# runs the kernel at one level.
-LevelRunner = Callable[[Tensor, int, Tensor | None, RandomStream, Evaluation | None], tuple[ChainState, ChainInfo]]
+# (target, x, level, momentum or None, random stream, evaluation at (x, level) or None) -> (final state,
+# statistics): what runs the kernel at one level (the step-size tuning pass adapts there instead).
+LevelRunner = Callable[[Target, Tensor, int, Tensor | None, RandomStream, Evaluation | None],
+                       tuple[ChainState, ChainInfo]]
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,10 @@ class LevelPlan:
 
 
 class AnnealedSampler:
-    """Annealed sampling of a target through all levels of a noise schedule.
+    """Annealed sampling through all levels of a noise schedule; the target (and a tuned step table) come with each
+    call of :meth:`sample` or :meth:`run`, so one sampler serves every batch and every set of labels.
 
     Args:
-        target: the (composed) target p̃_t.
         schedule: the noise schedule whose levels are visited.
         kernel: the MCMC kernel run at each level, or None for the plain reverse process.
         n_steps: K, kernel steps per level.
@@ -64,7 +67,7 @@ class AnnealedSampler:
         final_denoise: end with Tweedie's x̂_0 (runs without reverse steps only).
     """
 
-    def __init__(self, target: Target, schedule: NoiseSchedule, kernel: Kernel | None = None, n_steps: int = 0,
+    def __init__(self, schedule: NoiseSchedule, kernel: Kernel | None = None, n_steps: int = 0,
                  reverse: bool = True, reverse_variance: ReverseVariance = "beta", min_mcmc_level: int = 0,
                  degeneracy: DegeneracyThresholds | None = None, fail_on_degenerate: bool = False,
                  resample: ResampleConfig | None = None, final_denoise: bool = False) -> None:
@@ -72,18 +75,11 @@ class AnnealedSampler:
             raise ValueError("a sampler with no kernel must take reverse steps (reverse=True)")
         if int(n_steps) != n_steps or n_steps < 0:
             raise ValueError(f"n_steps={n_steps} must be a non-negative integer (kernel steps per level)")
-        if kernel is not None:
-            kernel.check_target(target)
         if reverse_variance not in REVERSE_VARIANCES:
             raise ValueError(f"reverse_variance={reverse_variance!r} is not one of {list(REVERSE_VARIANCES)}")
         if final_denoise and reverse:
             raise ValueError("sampler.final_denoise applies to samplers without reverse steps: with reverse: true the "
                              "last reverse step (from level 0, without noise) already returns Tweedie's x̂_0")
-        if resample is not None:
-            resample.strategy().check(target, reverse)
-            if resample.weights == "exact":
-                target = WithLogProb(target)
-        self.target = target
         self.schedule = schedule
         self.kernel = kernel
         self.n_steps = int(n_steps)
@@ -94,6 +90,19 @@ class AnnealedSampler:
         self.fail_on_degenerate = fail_on_degenerate
         self.resample = resample
         self.final_denoise = final_denoise
+
+    def check_target(self, target: Target) -> None:
+        """Fail clearly when the kernel's correction or the particles' weights need what ``target`` cannot give."""
+        if self.kernel is not None:
+            self.kernel.check_target(target)
+        if self.resample is not None:
+            self.resample.strategy().check(target, self.reverse)
+
+    def without_particles(self) -> AnnealedSampler:
+        """The same levels and kernel as independent chains, unchecked: what the step-size tuning pass runs (its
+        chains adapt their steps, and particle weights do not change the MCMC kernel)."""
+        return AnnealedSampler(self.schedule, self.kernel, self.n_steps, self.reverse, self.reverse_variance,
+                               self.min_mcmc_level, final_denoise=self.final_denoise)
 
     def plan(self) -> list[LevelPlan]:
         """The iterations, in order: which reverse step and which MCMC level each performs."""
@@ -108,23 +117,30 @@ class AnnealedSampler:
         """The levels at which the kernel runs, in visiting order."""
         return [p.mcmc_level for p in self.plan() if p.mcmc_level is not None]
 
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator | RandomStream | None = None,
+    def sample(self, target: Target, shape: tuple[int, ...],
+               generator: torch.Generator | RandomStream | None = None, step_table: LevelValue | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                progress: bool = False, run_level: LevelRunner | None = None) -> tuple[Tensor, ChainInfo]:
         """Draw x ~ N(0, I) of ``shape`` ([B, ...]) from the same random stream and run :meth:`run` from it."""
         rng = as_random_stream(generator)
         x = rng.normal(torch.empty(shape, device=device, dtype=dtype))
-        return self.run(x, rng, progress, run_level)
+        return self.run(target, x, rng, step_table, progress, run_level)
 
-    def run(self, x: Tensor, generator: torch.Generator | RandomStream | None = None,
-            progress: bool = False, run_level: LevelRunner | None = None) -> tuple[Tensor, ChainInfo]:
-        """Anneal from x (taken to be at level T−1) down to the data level. Returns (x, info).
+    def run(self, target: Target, x: Tensor, generator: torch.Generator | RandomStream | None = None,
+            step_table: LevelValue | None = None, progress: bool = False,
+            run_level: LevelRunner | None = None) -> tuple[Tensor, ChainInfo]:
+        """Anneal ``target`` from x (taken to be at level T−1) down to the data level. Returns (x, info).
 
-        ``run_level`` replaces the K kernel steps at each level (the step-size tuning pass adapts there instead);
-        by default the kernel runs ``n_steps`` transitions.
+        ``step_table`` (e.g. a tuned :class:`~lit_mcmc.samplers.schedules.StepTable`) gives the kernel's step per
+        level instead of the configured one. ``run_level`` replaces the K kernel steps at each level (the step-size
+        tuning pass adapts there instead); by default the kernel runs ``n_steps`` transitions.
         """
         rng = as_random_stream(generator)
-        run_level = run_level or self.run_level
+        if run_level is None:
+            self.check_target(target)
+            if self.resample is not None and self.resample.weights == "exact":
+                target = WithLogProb(target)
+            run_level = partial(self.run_level, step_table=step_table)
         info = ChainInfo(batch_size=x.shape[0], adjusted=self.kernel is not None and self.kernel.correction is not None)
         state: ChainState | None = None  # the last kernel state: its cached evaluation serves the next reverse step
         particles = Particles(self.resample, x) if self.resample is not None else None
@@ -132,14 +148,14 @@ class AnnealedSampler:
         with torch.no_grad():
             if particles is not None:
                 particles.leave(particles.weights.leave_start(x))
-                x, state = self._arrive(particles, x, level, None, rng, info)
+                x, state = self._arrive(target, particles, x, level, None, rng, info)
             for step in tqdm(self.plan(), desc="levels", disable=not progress, leave=False):
                 if step.reverse_from is not None:
                     t = step.reverse_from
                     if state is not None and state.t == t:
                         evaluation = state.evaluation
                     else:
-                        evaluation = self.target.evaluate(x, t)
+                        evaluation = target.evaluate(x, t)
                         info.nfe += 1
                     noise = rng.normal(x) if t > 0 else None
                     x_new = self.schedule.reverse_step(x, t, evaluation.score, noise, self.reverse_variance,
@@ -153,31 +169,31 @@ class AnnealedSampler:
                     particles.leave(particles.weights.leave_carried(state.evaluation))
                     level = step.mcmc_level  # type: ignore[assignment]
                 if particles is not None and level >= 0 and (state is None or state.t != level):
-                    x, state = self._arrive(particles, x, level, state, rng, info)
+                    x, state = self._arrive(target, particles, x, level, state, rng, info)
                 if step.mcmc_level is not None:
                     assert self.kernel is not None
                     momentum = state.momentum if (state is not None and self.kernel.carries_momentum) else None
                     cached = state.evaluation if (state is not None and state.t == step.mcmc_level) else None
-                    state, level_info = run_level(x, step.mcmc_level, momentum, rng, cached)
+                    state, level_info = run_level(target, x, step.mcmc_level, momentum, rng, cached)
                     x = state.x
                     info.merge(level_info, level=step.mcmc_level)
                 if self.degeneracy is not None:
                     self._check_level(x, step, info)
             if self.final_denoise:
-                x = self._denoise(x, state, info)
+                x = self._denoise(target, x, state, info)
             if particles is not None:
                 index, info.particles = particles.finish(rng, x)
                 if index is not None:
                     x = x.index_select(0, index)
         return x, info
 
-    def _arrive(self, particles: Particles, x: Tensor, level: int, state: ChainState | None, rng: RandomStream,
-                info: ChainInfo) -> tuple[Tensor, ChainState | None]:
+    def _arrive(self, target: Target, particles: Particles, x: Tensor, level: int, state: ChainState | None,
+                rng: RandomStream, info: ChainInfo) -> tuple[Tensor, ChainState | None]:
         """Complete the particles' weights at ``level`` (evaluating there when the weights need it: that evaluation
         is what the level's MCMC steps start from), resample, and return the kept rows of x and of that state."""
         evaluation = None
         if particles.weights.needs_log_prob:
-            evaluation = self.target.evaluate(x, level, with_log_prob=True)
+            evaluation = target.evaluate(x, level, with_log_prob=True)
             info.nfe += 1
         index = particles.arrive(level, evaluation, rng, x)
         momentum = state.momentum if state is not None else None
@@ -188,12 +204,12 @@ class AnnealedSampler:
             return x, ChainState(x, evaluation.rows(index), level, momentum)
         return x, None if state is None else ChainState(x, state.evaluation.rows(index), state.t, momentum)
 
-    def _denoise(self, x: Tensor, state: ChainState | None, info: ChainInfo) -> Tensor:
+    def _denoise(self, target: Target, x: Tensor, state: ChainState | None, info: ChainInfo) -> Tensor:
         """Tweedie's x̂_0 = (x + σ_0² S(x, 0))/√ᾱ_0, with the cached score at level 0 when there is one."""
         if state is not None and state.t == 0:
             score = state.evaluation.score
         else:
-            score = self.target.evaluate(x, 0).score
+            score = target.evaluate(x, 0).score
             info.nfe += 1
         variance = float(self.schedule.marginal_std[0]) ** 2
         return (x + variance * score) / math.sqrt(float(self.schedule.alphas_cumprod[0]))
@@ -218,8 +234,12 @@ class AnnealedSampler:
                 "sampler.fail_on_degenerate is true. Smaller steps (sampler.step_size or step_a) usually help; "
                 "non-finite samples point to a diverged model")
 
-    def run_level(self, x: Tensor, level: int, momentum: Tensor | None, rng: RandomStream,
-                  evaluation: Evaluation | None = None) -> tuple[ChainState, ChainInfo]:
-        """The kernel's ``n_steps`` transitions at ``level`` from x (and its evaluation there, when known)."""
+    def run_level(self, target: Target, x: Tensor, level: int, momentum: Tensor | None, rng: RandomStream,
+                  evaluation: Evaluation | None = None, step_table: LevelValue | None = None,
+                  step_size: float | None = None) -> tuple[ChainState, ChainInfo]:
+        """The kernel's ``n_steps`` transitions at ``level`` from x (and its evaluation there, when known), with
+        ``step_size``, else the table's step at ``level``, else the kernel's configured one."""
         assert self.kernel is not None
-        return self.kernel.run_chain(self.target, x, level, self.n_steps, rng, momentum, evaluation)
+        if step_size is None and step_table is not None:
+            step_size = value_at(step_table, level, "step_size")
+        return self.kernel.run_chain(target, x, level, self.n_steps, rng, momentum, evaluation, step_size)

@@ -12,7 +12,6 @@ from lit_mcmc.samplers.diagnostics import DegeneracyThresholds
 from lit_mcmc.samplers.kernels import HMC, MALA, UHMC, ULA, Kernel
 from lit_mcmc.samplers.particles import ResampleConfig
 from lit_mcmc.samplers.schedules import BetaPower, LevelValue
-from lit_mcmc.targets import Target
 
 KernelName = Literal["reverse", "ula", "mala", "uhmc", "hmc"]
 KERNELS = ("reverse", "ula", "mala", "uhmc", "hmc")
@@ -169,11 +168,12 @@ class SamplerConfig:
         """The configured step per level: ``step_size``, or a·β_t^b (the initial guess when adapting)."""
         return self._level_value(schedule, self.step_size, self.step_a, self.step_b)
 
-    def build_kernel(self, schedule: NoiseSchedule, step_sizes: LevelValue | None = None) -> Kernel | None:
-        """The kernel; ``step_sizes`` (e.g. a tuned :class:`StepTable`) replaces the configured steps."""
+    def build_kernel(self, schedule: NoiseSchedule) -> Kernel | None:
+        """The kernel with the configured steps (a tuned table replaces them per call, see
+        :meth:`AnnealedSampler.sample`)."""
         if self.kernel == "reverse":
             return None
-        step = self.initial_steps(schedule) if step_sizes is None else step_sizes
+        step = self.initial_steps(schedule)
         if self.kernel == "ula":
             return ULA(step)
         if self.kernel == "mala":
@@ -184,11 +184,10 @@ class SamplerConfig:
         return HMC(step, self.n_leapfrog, self.damping, mass, self.correction, self.n_points,  # type: ignore[arg-type]
                    self.flip_on_reject, self.carry_momentum, self.quadrature)
 
-    def build(self, target: Target, schedule: NoiseSchedule, step_sizes: LevelValue | None = None) -> AnnealedSampler:
-        """The annealed sampler for ``target`` on ``schedule`` (with ``step_sizes`` instead of the configured steps
-        when given)."""
-        kernel = self.build_kernel(schedule, step_sizes)
-        return AnnealedSampler(target, schedule, kernel, self.n_steps if kernel else 0, self.reverse,
+    def build(self, schedule: NoiseSchedule) -> AnnealedSampler:
+        """The annealed sampler on ``schedule``; its target comes with each call of ``sample``."""
+        kernel = self.build_kernel(schedule)
+        return AnnealedSampler(schedule, kernel, self.n_steps if kernel else 0, self.reverse,
                                self.reverse_variance, self.min_mcmc_level, self.degeneracy, self.fail_on_degenerate,
                                self.resample, self.final_denoise)
 

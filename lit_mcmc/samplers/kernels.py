@@ -175,6 +175,7 @@ class ChainInfo:
 class Kernel(ABC):
     """One MCMC transition at a fixed level t, optionally Metropolis-adjusted by a :class:`Correction`."""
 
+    step_size: LevelValue
     correction: Correction | None = None
     carries_momentum: bool = False
 
@@ -206,21 +207,27 @@ class Kernel(ABC):
         return ChainState(x, self.evaluate(target, x, t), t), 1
 
     @abstractmethod
-    def step(self, target: Target, state: ChainState, rng: RandomStream) -> tuple[ChainState, StepInfo]:
-        """One transition."""
+    def step(self, target: Target, state: ChainState, rng: RandomStream,
+             step_size: float | None = None) -> tuple[ChainState, StepInfo]:
+        """One transition with ``step_size`` (the kernel's configured step at the state's level when None)."""
+
+    def step_size_at(self, t: int, step_size: float | None) -> float:
+        return value_at(self.step_size, t, "step_size") if step_size is None else step_size
 
     def run(self, target: Target, x: Tensor, t: int, n_steps: int,
             generator: torch.Generator | RandomStream | None = None,
-            momentum: Tensor | None = None) -> tuple[Tensor, ChainInfo]:
+            momentum: Tensor | None = None, step_size: float | None = None) -> tuple[Tensor, ChainInfo]:
         """Plain MCMC on ``target`` at level ``t``: ``n_steps`` transitions from x. Returns (x, info)."""
-        state, info = self.run_chain(target, x, t, n_steps, generator, momentum)
+        state, info = self.run_chain(target, x, t, n_steps, generator, momentum, step_size=step_size)
         return state.x, info
 
     def run_chain(self, target: Target, x: Tensor, t: int, n_steps: int,
                   generator: torch.Generator | RandomStream | None = None, momentum: Tensor | None = None,
-                  evaluation: Evaluation | None = None) -> tuple[ChainState, ChainInfo]:
+                  evaluation: Evaluation | None = None,
+                  step_size: float | None = None) -> tuple[ChainState, ChainInfo]:
         """Like :meth:`run`, returning the final state (its cached evaluation and momentum can be reused);
-        ``evaluation``, when given, is the target's at (x, t) (not evaluated again)."""
+        ``evaluation``, when given, is the target's at (x, t) (not evaluated again); ``step_size``, when given,
+        replaces the configured step."""
         if int(n_steps) != n_steps or n_steps < 0:
             raise ValueError(f"n_steps={n_steps} must be a non-negative integer")
         rng = as_random_stream(generator)
@@ -228,7 +235,7 @@ class Kernel(ABC):
             state, nfe = self.init(target, x, t, momentum, rng, evaluation)
             info = ChainInfo(batch_size=x.shape[0], adjusted=self.correction is not None, nfe=nfe)
             for _ in range(int(n_steps)):
-                state, step_info = self.step(target, state, rng)
+                state, step_info = self.step(target, state, rng, step_size)
                 info.update(step_info)
         info.sync()
         return state, info
@@ -250,9 +257,10 @@ class LangevinKernel(Kernel):
         self.step_size = step_size
         self.correction = correction
 
-    def step(self, target: Target, state: ChainState, rng: RandomStream) -> tuple[ChainState, StepInfo]:
+    def step(self, target: Target, state: ChainState, rng: RandomStream,
+             step_size: float | None = None) -> tuple[ChainState, StepInfo]:
         x, ev0, t = state.x, state.evaluation, state.t
-        eps = value_at(self.step_size, t, "step_size")
+        eps = self.step_size_at(t, step_size)
         mean_fwd = x + eps * ev0.score
         x_new = mean_fwd + math.sqrt(2 * eps) * rng.normal(x)
         ev1 = self.evaluate(target, x_new, t)
@@ -341,9 +349,10 @@ class HamiltonianKernel(Kernel):
         state.momentum = momentum
         return state, nfe
 
-    def step(self, target: Target, state: ChainState, rng: RandomStream) -> tuple[ChainState, StepInfo]:
+    def step(self, target: Target, state: ChainState, rng: RandomStream,
+             step_size: float | None = None) -> tuple[ChainState, StepInfo]:
         x, ev0, t = state.x, state.evaluation, state.t
-        eps = value_at(self.step_size, t, "step_size")
+        eps = self.step_size_at(t, step_size)
         mass = self.mass_at(t, x)
         gamma = self.damping
         v_refreshed = gamma * state.momentum + math.sqrt(1 - gamma**2) * _sqrt(mass) * rng.normal(x)  # type: ignore[operator]
