@@ -33,22 +33,22 @@ bench: $(STAMP)
 bench-gpu: $(STAMP)
 	$(PY) -m lit_mcmc.benchmarks.gpu --out runs/bench/gpu
 
-# The 2D product experiment (Table 1) at a reduced budget: < 10 min on 2 cores. See README "Results".
+# The 2D product experiment (Table 1) at a reduced budget: < 10 min on 2 cores. See docs/results.md.
 demo: $(STAMP)
 	$(PY) -m lit_mcmc.experiments.toy2d --preset demo --trials 1 --out runs/demo --jobs 2
 
 # MNIST guided sampling (the CIFAR-100 experiment at CPU scale): 4 models trained, 7 samplers x 1000 digits,
-# accuracy and classifier-feature FID. 24 min measured on 2 cores. See README "Results".
+# accuracy and classifier-feature FID. 24 min measured on 2 cores. See docs/results.md.
 demo-images: $(STAMP)
 	$(PY) -m lit_mcmc.experiments.mnist --preset demo --out runs/mnist --jobs 2
 
 # When the MH correction matters: papers' vs tuned step sizes, 5 trials, score and energy models (30 min on 2 cores).
 study2d: $(STAMP)
-	$(PY) -m lit_mcmc.experiments.toy2d --preset study --trials 5 --out runs/study --jobs 2
+	$(PY) -m lit_mcmc.experiments.study2d --preset study --trials 5 --out runs/study --jobs 2
 
 # Particle resampling (SMC) in 2D: oracle, energy and score samplers with and without it at equal NFE, 5 trials.
 smc2d: $(STAMP)
-	$(PY) -m lit_mcmc.experiments.toy2d --preset smc --trials 5 --out runs/smc2d --jobs 2
+	$(PY) -m lit_mcmc.experiments.study2d --preset smc --trials 5 --out runs/smc2d --jobs 2
 
 # The paper's budget: 15 001 training steps, 2000 samples, 10 trials (about 27 h on 2 CPU cores).
 table1: $(STAMP)

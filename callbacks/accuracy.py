@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from callbacks.fid import SampleMetricCallback
+from callbacks.sample_metrics import SampleMetricCallback
 from lit_mcmc.metrics.images import r3_hits
 
 
@@ -19,7 +19,7 @@ class AccuracyCallback(SampleMetricCallback):
     ``lit_mcmc.nets.resnet_cifar.load_resnet20()``). Reported: ``r3_accuracy`` (the fraction with
     p(y|x) > 0.5, strict as in the reference code), ``top1_accuracy`` and, when n_classes >= 5,
     ``top5_accuracy``. Labels come from ``outputs["labels"]`` in predict and from ``generate_samples`` in fit;
-    hooks, logging and DDP behaviour are those of :class:`callbacks.fid.SampleMetricCallback`.
+    hooks, logging and DDP behaviour are those of :class:`callbacks.sample_metrics.SampleMetricCallback`.
     """
 
     def __init__(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
@@ -11,7 +10,7 @@ import numpy as np
 
 from callbacks.sample_writer import find_writer
 from lit_mcmc.data.toy2d import DISTRIBUTIONS, sample_distribution, seeded_generator
-from lit_mcmc.metrics.toy2d import gmm_variance_metric, log_likelihood, wasserstein2
+from lit_mcmc.metrics.toy2d import REFERENCE_SEED, sample_metrics
 
 matplotlib.use("Agg")
 
@@ -22,11 +21,11 @@ class Toy2DMetrics(L.Callback):
     Must be listed after the ``SampleWriter``, which merges the samples and reports the metrics (metrics.json,
     TensorBoard HParams). LL (under the paper's extended product density) is reported for the product only; W2
     and the GMM metric for any distribution. ``paper_compat`` reproduces the reference code's metric bugs
-    (ALGORITHMS.md §11) for comparison with the paper's table. Also writes ``samples.png`` (samples over the
+    (docs/algorithms.md §11) for comparison with the paper's table. Also writes ``samples.png`` (samples over the
     exact ones) next to the samples.
     """
 
-    def __init__(self, distribution: str = "product", seed: int = 12345, paper_compat: bool = False,
+    def __init__(self, distribution: str = "product", seed: int = REFERENCE_SEED, paper_compat: bool = False,
                  plot: bool = True) -> None:
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"Toy2DMetrics.distribution={distribution!r} is not one of {list(DISTRIBUTIONS)}")
@@ -55,16 +54,7 @@ class Toy2DMetrics(L.Callback):
             self._plot(samples, reference, writer.resolve_dir(trainer) / "samples.png", title)
 
     def evaluate(self, samples: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-        if not np.isfinite(samples).all():  # a broken run (the writer reports it): no number would mean anything
-            nan = float("nan")
-            return {"w2": nan, "gmm": nan, **({"ll": -math.inf} if self.distribution == "product" else {})}
-        metrics = {
-            "w2": wasserstein2(samples, reference, self.paper_compat),
-            "gmm": gmm_variance_metric(reference, samples, match_components=not self.paper_compat),
-        }
-        if self.distribution == "product":
-            metrics["ll"] = log_likelihood(samples, self.paper_compat)
-        return metrics
+        return sample_metrics(samples, reference, self.distribution, self.paper_compat)
 
     @staticmethod
     def _plot(samples: np.ndarray, reference: np.ndarray, path: Path, title: str) -> None:

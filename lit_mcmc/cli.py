@@ -21,7 +21,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lit_mcmc.data.toy2d  # noqa: F401  (registers DataModule subclasses for class_path resolution)
 from lit_mcmc.data.indices import SampleIndexDataModule
-from lit_mcmc.modules.diffusion import TrainingDiverged
+from lit_mcmc.data.shards import check_output_dir, expected_bytes, find_sample_writer
+from lit_mcmc.modules.training import TrainingDiverged
 from lit_mcmc.runs import claim_run_dir, run_record
 
 
@@ -103,9 +104,7 @@ class LitMCMCCLI(LightningCLI):
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand == "predict":  # before the loggers create folders there, and before any sampling
-            from callbacks.sample_writer import check_output_dir, expected_bytes, find_writer
-
-            writer = find_writer(self.trainer)
+            writer = find_sample_writer(self.trainer.callbacks)
             if writer is not None:
                 run_dir = writer.resolve_dir(self.trainer)
                 try:

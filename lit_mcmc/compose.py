@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -161,8 +161,19 @@ def _check_scale(value: float, name: str) -> float:
 LabelledGuidanceT = TypeVar("LabelledGuidanceT", bound="LabelledGuidance")
 
 
+class Guidance(NamedTuple):
+    """What a classifier adds to its inner target's evaluation: to the score, to the exactly known log-density
+    (the MH test's and the log-density's), and to Σ w_i ‖s_i‖² (None when the guidance has no such form)."""
+
+    score: Tensor
+    log_prob: Tensor
+    parts_sq_norm: Tensor | None = None
+
+
 class LabelledGuidance(Target):
-    """Shared by the classifier-based guidances: a class label per sample, set per batch by :meth:`with_labels`."""
+    """Shared by the classifier-based guidances: a class label per sample, set per batch by :meth:`with_labels`,
+    and one :meth:`evaluate` (the inner target's evaluation plus the subclass's :meth:`guidance`). Interior
+    quadrature nodes of a line/curve correction need only the integrated part: no classifier evaluation."""
 
     def __init__(self, target: Target, classifier: nn.Module, schedule: NoiseSchedule, scale: float,
                  labels: Tensor | None) -> None:
@@ -179,6 +190,27 @@ class LabelledGuidance(Target):
         guided.labels = _check_labels(labels)
         return guided
 
+    def guidance(self, x: Tensor, t: int, inner: Evaluation, labels: Tensor) -> Guidance:
+        raise NotImplementedError
+
+    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
+        if with_log_prob:
+            self.require_log_prob("with_log_prob=True")
+        labels = self.labels_for(x)
+        inner = self.target.evaluate(x, t, with_log_prob)
+        guided = self.guidance(x, t, inner, labels)
+        return Evaluation(
+            score=inner.score + guided.score,
+            integrand=inner.integrand,
+            exact=inner.exact + guided.log_prob,
+            log_prob=inner.log_prob + guided.log_prob if with_log_prob else None,  # type: ignore[operator]
+            variance_output=inner.variance_output,
+            parts_sq_norm=guided.parts_sq_norm,
+        )
+
+    def integrand(self, x: Tensor, t: int) -> Tensor:
+        return self.target.integrand(x, t)
+
     def labels_for(self, x: Tensor) -> Tensor:
         """The labels on x's device, checked against x's batch size."""
         if self.labels is None:
@@ -192,7 +224,7 @@ class LabelledGuidance(Target):
 class ClassifierGuidance(LabelledGuidance):
     """p̃_t(x) · p_φ(y | x, t)^λ with a time-conditioned ("noisy") classifier: ``classifier(x, t_model) -> logits``.
 
-    score = inner score + λ ∇ₓ log softmax(classifier(x, t))_y (ALGORITHMS.md §2, guided reverse step). The
+    score = inner score + λ ∇ₓ log softmax(classifier(x, t))_y (docs/algorithms.md §2, guided reverse step). The
     classifier's log-probability is known exactly, so it is the ``exact`` part (λ_mh · log p_φ) and ``integrand``
     is the inner target's alone: a line/curve MH correction evaluates the classifier at the path's two ends and
     integrates only the diffusion model's score (§5 (c)).
@@ -214,29 +246,13 @@ class ClassifierGuidance(LabelledGuidance):
         self.mh_scale = self.scale if mh_scale is None else _check_scale(mh_scale, "mh_scale")
         self.feynman_kac = target.feynman_kac
 
-    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
-        if with_log_prob:
-            self.require_log_prob("with_log_prob=True")
-        labels = self.labels_for(x)
-        inner = self.target.evaluate(x, t, with_log_prob)
+    def guidance(self, x: Tensor, t: int, inner: Evaluation, labels: Tensor) -> Guidance:
         t_model = self.schedule.model_t(t, x.shape[0], x.device)
         class_log_prob, class_grad = class_log_prob_and_grad(self.classifier, x, labels, t_model)
-        mh_term = self.mh_scale * class_log_prob
         # p_t(y|x) = q_{c,t}/q_{u,t} up to a constant, taking the inner target's score for q_u's: the classifier adds
         # λ(‖s_c‖² − ‖s_u‖²) = λ(2⟨s_u, g⟩ + ‖g‖²) to Σ w_i ‖s_i‖², g = ∇ log p_t(y|x) (Feynman–Kac weights).
         class_sq = self.scale * (2 * (inner.score * class_grad).flatten(1).sum(1) + class_grad.flatten(1).pow(2).sum(1))
-        return Evaluation(
-            score=inner.score + self.scale * class_grad,
-            integrand=inner.integrand,
-            exact=inner.exact + mh_term,
-            log_prob=inner.log_prob + mh_term if with_log_prob else None,  # type: ignore[operator]
-            variance_output=inner.variance_output,
-            parts_sq_norm=_parts_sq_norm(inner) + class_sq,
-        )
-
-    def integrand(self, x: Tensor, t: int) -> Tensor:
-        # Interior quadrature nodes need only the integrated part: no classifier evaluation.
-        return self.target.integrand(x, t)
+        return Guidance(self.scale * class_grad, self.mh_scale * class_log_prob, _parts_sq_norm(inner) + class_sq)
 
 
 class ClassifierFreeGuidance(Product):
@@ -281,23 +297,9 @@ class ReconstructionGuidance(LabelledGuidance):
                             f"EnergyModelTarget) to form x̂_0; {type(target).__name__} has no .schedule")
         super().__init__(target, classifier, schedule, scale, labels)
 
-    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
-        if with_log_prob:
-            self.require_log_prob("with_log_prob=True")
-        labels = self.labels_for(x)
-        inner = self.target.evaluate(x, t, with_log_prob)
+    def guidance(self, x: Tensor, t: int, inner: Evaluation, labels: Tensor) -> Guidance:
         sqrt_abar = math.sqrt(float(self.schedule.alphas_cumprod[t]))
         variance = float(self.schedule.marginal_std[t]) ** 2
         denoised = (x + variance * inner.score) / sqrt_abar
         class_log_prob, grad_denoised = class_log_prob_and_grad(self.classifier, denoised, labels)
-        guidance_term = self.scale * class_log_prob
-        return Evaluation(
-            score=inner.score + (self.scale / sqrt_abar) * grad_denoised,
-            integrand=inner.integrand,
-            exact=inner.exact + guidance_term,
-            log_prob=inner.log_prob + guidance_term if with_log_prob else None,  # type: ignore[operator]
-            variance_output=inner.variance_output,
-        )
-
-    def integrand(self, x: Tensor, t: int) -> Tensor:
-        return self.target.integrand(x, t)
+        return Guidance((self.scale / sqrt_abar) * grad_denoised, self.scale * class_log_prob)

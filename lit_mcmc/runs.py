@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from lit_mcmc.data.shards import atomic_write_text
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "lit_mcmc.run/1"
@@ -155,18 +155,10 @@ def aside_path(directory: Path) -> Path:
 def write_record(directory: Path, record: dict[str, Any]) -> None:
     """Write ``run.json`` atomically (temporary file + rename)."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_run_")
+        atomic_write_text(directory / RUN_FILE, json.dumps(record, indent=2) + "\n")
     except OSError as err:
         raise OSError(f"the output directory {directory} (trainer.default_root_dir, or the SampleWriter's output_dir) "
                       f"cannot be written: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, directory / RUN_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def claim_run_dir(directory: Path, record: dict[str, Any], overwrite: bool = False, write: bool = True) -> str | None:

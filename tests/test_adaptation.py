@@ -53,7 +53,7 @@ def product20(schedule) -> Product:
 
 
 def config(kernel: str, target_accept: float | None = None, **kwargs) -> SamplerConfig:
-    """The papers' 2D samplers (ALGORITHMS.md §7), MCMC at every level, no reverse step."""
+    """The papers' 2D samplers (docs/algorithms.md §7), MCMC at every level, no reverse step."""
     base = {"mala": {"step_size": 0.001, "correction": "energy"},
             "hmc": {"step_size": 0.03, "n_leapfrog": 3, "damping": 0.5, "carry_momentum": True,
                     "correction": "energy", "flip_on_reject": False},
@@ -117,7 +117,7 @@ def test_tuned_steps_reach_the_target_acceptance(tuned, schedule, name):
     spec, target, tuning = tuned[name]
     assert sorted(tuning.table.steps) == list(range(LEVELS))
     _, info = spec.build(schedule).sample(target, (256, 2), PerSampleRandom(1, torch.arange(256)), tuning.table)
-    rates = info.accept_rate_per_level
+    rates = info.levels["accept_rate"]
     near = [abs(rates[t] - spec.target_accept) <= 0.05 for t in rates]  # type: ignore[operator]
     assert sum(near) >= 0.8 * LEVELS, rates
     assert sum(abs(tuning.accept_rate_per_level[t] - rates[t]) <= 0.1 for t in rates) >= 0.8 * LEVELS

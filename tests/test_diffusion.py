@@ -1,4 +1,4 @@
-"""Noise schedules against the reference values of ALGORITHMS.md §2 and §12."""
+"""Noise schedules against the reference values of docs/algorithms.md §2 and §12."""
 
 import math
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_mcmc.data.indices import IndexBatches, SampleIndexDataModule, shard_name
+from lit_mcmc.data.indices import IndexBatches, SampleIndexDataModule
+from lit_mcmc.data.shards import shard_name
 
 REPO = Path(__file__).resolve().parent.parent
 ORACLE = REPO / "configs" / "toy2d" / "sample_oracle_hmc.yaml"

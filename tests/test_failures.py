@@ -113,7 +113,7 @@ def test_a_shard_that_fails_to_write_is_not_done_and_a_rerun_completes(tmp_path,
     import numpy as np
 
     from callbacks import sample_writer
-    from lit_mcmc.data.indices import shard_name
+    from lit_mcmc.data.shards import shard_name
 
     calls = {"n": 0}
     save = np.savez

@@ -25,7 +25,7 @@ def _t(*values: int) -> torch.Tensor:
 
 
 def _energy_grad(net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """∇x of E = ‖f(x, t) − x‖² summed over the batch (the energy parameterisation of ALGORITHMS.md §3)."""
+    """∇x of E = ‖f(x, t) − x‖² summed over the batch (the energy parameterisation of docs/algorithms.md §3)."""
     x = x.clone().requires_grad_(True)
     energy = (net(x, t) - x).pow(2).flatten(1).sum(1)
     (grad,) = torch.autograd.grad(energy.sum(), x)

@@ -88,7 +88,7 @@ def test_exact_weights_estimate_the_normalising_constant_without_bias(sampler):
     z_hat = info.particles.log_z.exp()
     mean, se = float(z_hat.mean()), float(z_hat.std() / math.sqrt(len(z_hat)))
     assert abs(mean - math.exp(log_z)) < 4 * se, (mean, se, math.exp(log_z))
-    assert sum(info.particles.resampled_groups_per_level.values()) > 0  # the test did exercise resampling
+    assert sum(info.levels["resampled_groups"].values()) > 0  # the test did exercise resampling
 
 
 def test_resampling_costs_no_network_evaluations():

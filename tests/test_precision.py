@@ -142,9 +142,9 @@ def test_bf16_quality_guard_acceptance_and_sample_statistics(gmm8, cosine100):
         runs[precision] = config.build(schedule).sample(with_precision(target, precision), (n, 2),
                                                         PerSampleRandom(3, torch.arange(n)))
     (x32, info32), (x16, info16) = runs["fp32"], runs["bf16"]
-    assert min(info32.accept_rate_per_level.values()) < 0.9  # with teeth: some levels reject often
-    for level, rate in info32.accept_rate_per_level.items():
-        assert abs(info16.accept_rate_per_level[level] - rate) <= 0.02, level
+    assert min(info32.levels["accept_rate"].values()) < 0.9  # with teeth: some levels reject often
+    for level, rate in info32.levels["accept_rate"].items():
+        assert abs(info16.levels["accept_rate"][level] - rate) <= 0.02, level
     standard_error = x32.std(0) / n**0.5
     assert ((x16.mean(0) - x32.mean(0)).abs() < 4 * standard_error).all()
     assert ((x16.std(0) / x32.std(0) - 1).abs() < 0.1).all()

@@ -153,8 +153,8 @@ def test_chain_info_reports_the_error_estimate_per_level(product, cosine100):
                            quadrature="simpson", n_steps=2, reverse=False)
     sampler = config.build(cosine100)
     _, info = sampler.sample(ScoreOnly(product), (16, 2), torch.Generator().manual_seed(0))
-    assert sorted(info.quadrature_error_per_level) == list(range(100))
-    assert all(v >= 0 for v in info.quadrature_error_per_level.values())
+    assert sorted(info.levels["quadrature_error"]) == list(range(100))
+    assert all(v >= 0 for v in info.levels["quadrature_error"].values())
     assert info.as_dict()["quadrature_error_mean"] > 0
     assert config.name == "HMC-1-curve (Simpson)"
 

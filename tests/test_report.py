@@ -26,7 +26,7 @@ class FakeSampler(LightningModule):
         n = len(batch)
         return {"indices": batch, "samples": torch.randn(n, 2, generator=torch.Generator().manual_seed(batch_idx)),
                 "accept_rate": torch.full((n,), 0.75, dtype=torch.float64), "nfe": 7, "adjusted": True,
-                "accept_rate_per_level": {0: 0.9, 1: 0.6}, "n_nonfinite": 0, "seconds": 0.5}
+                "levels": {"accept_rate": {0: 0.9, 1: 0.6}}, "n_nonfinite": 0, "seconds": 0.5}
 
 
 def test_hparams_metrics_curves_and_picture_reach_tensorboard(tmp_path):

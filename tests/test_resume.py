@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from lit_mcmc.cli import LitMCMCCLI, main
-from lit_mcmc.data.indices import indices_on_disk, read_shard, shard_name
+from lit_mcmc.data.indices import indices_on_disk
+from lit_mcmc.data.shards import read_shard, shard_name
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "toy2d"

@@ -13,7 +13,7 @@ import pytest
 from test_failures import SMALL, TOY2D, one_error_line, run_cli
 
 from lit_mcmc.cli import main
-from lit_mcmc.data.indices import shard_name
+from lit_mcmc.data.shards import shard_name
 
 ORACLE = TOY2D / "sample_oracle_hmc.yaml"
 SAMPLER = "--model.init_args.sampler."

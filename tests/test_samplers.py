@@ -190,7 +190,7 @@ class RecordingRandom(TorchRandom):
 
 
 def test_hmc_curve_log_ratio_closed_form(product):
-    """log α = −(ε²/8)(‖g(x_L)‖²_{M⁻¹} − ‖g(x_0)‖²_{M⁻¹}) for any field (ALGORITHMS.md §5)."""
+    """log α = −(ε²/8)(‖g(x_L)‖²_{M⁻¹} − ‖g(x_0)‖²_{M⁻¹}) for any field (docs/algorithms.md §5)."""
     eps, n_leapfrog, damping = 0.05, 4, 0.3
     mass = torch.tensor([0.5, 2.0], dtype=torch.float64)
     kernel = HMC(eps, n_leapfrog, damping, mass=mass, correction="curve")
@@ -362,7 +362,7 @@ def test_annealed_calls_per_level(product):
     expected = [5] + [lvl for lvl in range(4, -1, -1) for _ in range(4)]
     assert target.levels == expected
     assert info.nfe == len(expected)
-    assert sorted(info.accept_rate_per_level) == [0, 1, 2, 3, 4]
+    assert sorted(info.levels["accept_rate"]) == [0, 1, 2, 3, 4]
 
 
 def test_reverse_process_with_exact_score_recovers_the_data(cosine100):

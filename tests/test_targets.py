@@ -137,7 +137,7 @@ def test_energy_net_forms_and_training_graph():
 
 
 def test_energy_autograd_quadratic():
-    """E = ½xᵀAx gives ε̂ = Ax (ALGORITHMS.md §12.3)."""
+    """E = ½xᵀAx gives ε̂ = Ax (docs/algorithms.md §12.3)."""
     A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
 
     class Sqrt(nn.Module):  # f with ½‖f‖² = ½xᵀAx: f = Lᵀx, A = L Lᵀ

@@ -93,7 +93,8 @@ def test_drivers_put_training_and_sampling_runs_in_separate_folders(tmp_path: Pa
 
     smoke = mnist.PRESETS["smoke"]
     assert mnist.fit_job(tmp_path, "score", smoke).run_dir == tmp_path / "train" / "score"
-    assert mnist.predict_job(tmp_path, "sample_score_hmc", smoke).run_dir == tmp_path / "samples" / "sample_score_hmc"
+    plain_row = mnist.Row("sample_score_hmc")  # a row without seed or particles: its folder is the config name
+    assert mnist.predict_job(tmp_path, plain_row, smoke).run_dir == tmp_path / "samples" / "sample_score_hmc"
     config = mnist.run_config("sample_score_hmc", tmp_path, smoke)
     assert config["model"]["init_args"]["checkpoint_root"] == str(tmp_path / "train")
 

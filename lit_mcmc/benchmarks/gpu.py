@@ -183,7 +183,7 @@ def bench_sampling(small: bool, batch: int, levels: int, precisions: Sequence[st
                     seconds, info = sample_once(row, target, schedule, batch, shape, device)
                     x = torch.randn(batch, *shape, device=device)
                     evaluation = timed(lambda target=target, x=x: target.evaluate(x, levels // 2), device, repeats)
-                levels_accept = {int(k): float(v) for k, v in info.accept_rate_per_level.items()}
+                levels_accept = {int(k): float(v) for k, v in info.levels.get("accept_rate", {}).items()}
                 if precision == "fp32" and not use_compile:
                     reference[row] = levels_accept
                 drift = (max(abs(levels_accept[k] - reference[row][k]) for k in levels_accept)

@@ -1,4 +1,4 @@
-"""Benchmark of the MCMC kernels on the analytic 2D product target (8-mode GMM x bar, ALGORITHMS.md §7).
+"""Benchmark of the MCMC kernels on the analytic 2D product target (8-mode GMM x bar, docs/algorithms.md §7).
 
 For each sampler it reports the target evaluations per sample (NFE), the acceptance rate, the wall time, and the
 ratio of that time to the time of the same number of bare ``target.evaluate`` calls at the same batch size: the
@@ -45,7 +45,7 @@ SMC_GROUP = 64
 
 
 def build_samplers() -> dict[str, Kernel]:
-    """The paper's 2D samplers by name (ALGORITHMS.md §4.6 and §7): ε=0.001 for Langevin; ε=0.03, L=3, γ=0.5, M=1
+    """The paper's 2D samplers by name (docs/algorithms.md §4.6 and §7): ε=0.001 for Langevin; ε=0.03, L=3, γ=0.5, M=1
     for HMC. ``HMC-3-curve`` has 1 interior node per leapfrog segment (3 per step), the CIFAR naming."""
     hmc = {"step_size": 0.03, "n_leapfrog": 3, "damping": 0.5, "mass": 1.0, "carry_momentum": True}
     return {

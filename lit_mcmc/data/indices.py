@@ -9,10 +9,6 @@ Randomness is keyed by the global index, so how the indices are split does not c
 
 from __future__ import annotations
 
-import re
-import warnings
-import zipfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -21,35 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-SHARD_PATTERN = re.compile(r"^shard_(\d+)_(\d+)\.npz$")
-
-
-def shard_name(indices: np.ndarray) -> str:
-    """File name of a shard holding these global indices (named by the first and last)."""
-    return f"shard_{int(indices[0]):09d}_{int(indices[-1]):09d}.npz"
-
-
-def shard_paths(output_dir: str | Path) -> list[Path]:
-    """All complete shards in a directory (temporary files of interrupted writes are ignored)."""
-    directory = Path(output_dir) / "shards"
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir() if SHARD_PATTERN.match(p.name))
-
-
-def read_shard(path: Path, keys: Sequence[str] | None = None) -> dict[str, np.ndarray] | None:
-    """The arrays of a shard (all, or only ``keys``), or None with a warning when the file cannot be read.
-
-    Shards are written atomically, but a node crash can still leave a renamed file whose data never reached the
-    disk; such a shard is treated as missing, so its samples are drawn (and its file rewritten) again.
-    """
-    try:
-        with np.load(path) as shard:
-            return {key: shard[key] for key in (keys or shard.files)}
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        warnings.warn(f"ignoring unreadable sample shard {path} ({type(err).__name__}: {err}); its samples are "
-                      "drawn again", stacklevel=2)
-        return None
+from lit_mcmc.data.shards import read_shard, shard_paths
 
 
 def indices_on_disk(output_dir: str | Path | None) -> np.ndarray:

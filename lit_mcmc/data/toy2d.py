@@ -1,4 +1,4 @@
-"""2D toy distributions of the product-composition experiment (ALGORITHMS.md §7) and their DataModule.
+"""2D toy distributions of the product-composition experiment (docs/algorithms.md §7) and their DataModule.
 
 The two factors are an 8-mode Gaussian mixture on a circle of radius 0.5 and a uniform vertical bar; their
 product keeps the two GMM modes at (0, ±0.5). The constants below are the single source of these numbers, so

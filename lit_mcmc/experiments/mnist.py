@@ -201,9 +201,8 @@ def real_digits_row(out: Path, n: int) -> dict[str, Any]:
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from callbacks.fid import ClassifierFeatures
     from lit_mcmc.data.images import load_images
-    from lit_mcmc.metrics.images import r3_hits
+    from lit_mcmc.metrics.images import ClassifierFeatures, r3_hits
     from lit_mcmc.modules.classifiers import load_classifier
 
     classifier = load_classifier(str(out / "train" / "eval_classifier" / "checkpoints" / "last.ckpt"))

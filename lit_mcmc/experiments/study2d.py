@@ -5,7 +5,7 @@ This study runs, for the score and the energy models of every trial (models as i
 trial), each sampler at the papers' ε and at ε tuned per level to a target acceptance (``sampler.target_accept``:
 0.8 for HMC, 0.65 for Langevin), the unadjusted samplers at their corrected twin's tuned steps (its
 ``step_sizes.json`` through ``sampler.step_table``: equal steps, equal NFE for the HMC pair), and U-HMC with the
-reference code's level coverage (no MCMC at level 0; ALGORITHMS.md §11.6) next to ours.
+reference code's level coverage (no MCMC at level 0; docs/algorithms.md §11.6) next to ours.
 
 Outputs in ``OUT``: ``table.md`` (mean ± population std over trials), ``results.json``, ``figure.png`` (trial 0's
 samples) and ``steps.png`` (tuned ε and acceptance per level, trial 0). Tuned rows write their table to
@@ -36,12 +36,14 @@ from lit_mcmc.experiments.toy2d import (
     METRIC_HEADERS,
     PREDICT_KEYS,
     PRESETS,
+    STUDY_PRESETS,
     Preset,
     exact_floor,
     exact_product_sets,
     fit_job,
     load_config,
     mean_std,
+    parse_args,
     plot_figure,
     read_run,
     row_cells,
@@ -177,7 +179,7 @@ def read_study_run(run_dir: Path) -> dict[str, Any]:
     if steps:
         run["step_first"], run["step_last"] = float(next(iter(steps.values()))), float(list(steps.values())[-1])
         run["tuning_seconds"] = float(stats.get("step_tuning", {}).get("tuning_seconds", 0.0))
-    else:
+    elif "step_size" in stats["hparams"]:  # the config's constant ε (the reverse process has none)
         run["step_first"] = run["step_last"] = float(stats["hparams"]["step_size"])
     return run
 
@@ -276,3 +278,17 @@ def run_study(args: argparse.Namespace) -> str:
          "seconds": seconds, "cpu_seconds_of_runs": cpu_seconds, "reused_runs": reused, "rows": rows}, indent=2))
     print(text)
     return text
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """``python -m lit_mcmc.experiments.study2d --preset study|smc ...`` (the 2D driver's arguments): runs the study
+    and returns (and prints) the caption and the table."""
+    args = parse_args(argv)
+    if args.preset not in STUDY_PRESETS:
+        raise SystemExit(f"--preset {args.preset} is not a study: use one of {list(STUDY_PRESETS)} here, or run "
+                         "python -m lit_mcmc.experiments.toy2d for the other presets")
+    return run_study(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def to_uint8(x: Tensor) -> Tensor:
     """Images in [-1, 1] → uint8 pixels in [0, 255]: ((x + 1) · 127.5), rounded, clamped.
 
     This is the correct map; the reference code's FID path used (x + 1).clamp(0, 1), which saturates half of
-    the intensity range (ALGORITHMS.md §11.15).
+    the intensity range (docs/algorithms.md §11.15).
     """
     return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
@@ -50,3 +50,21 @@ def topk_hits(logits: Tensor, labels: Tensor, k: int) -> Tensor:
 def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
     """The fraction of samples whose true class is among the k highest logits (or probabilities)."""
     return topk_hits(logits, labels, k).float().mean().item()
+
+
+class ClassifierFeatures(nn.Module):
+    """A classifier's penultimate features (its ``features(x)`` method) as an FID feature extractor."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        if not callable(getattr(classifier, "features", None)):
+            raise TypeError(
+                f"classifier ({type(classifier).__name__}) has no features(x) method to extract FID features "
+                "from; use e.g. lit_mcmc.nets.resnet_cifar.load_resnet20()"
+            )
+        self.classifier = classifier
+        if hasattr(classifier, "num_features"):
+            self.num_features = int(classifier.num_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier.features(x)

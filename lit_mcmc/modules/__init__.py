@@ -2,8 +2,9 @@
 
 from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule, load_classifier
 from lit_mcmc.modules.components import ComponentConfig
+from lit_mcmc.modules.composition import CompositionConfig
 from lit_mcmc.modules.diffusion import DiffusionModule
-from lit_mcmc.modules.sampling import CompositionConfig, SamplingModule
+from lit_mcmc.modules.sampling import SamplingModule
 
 __all__ = [
     "ClassifierModule",

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from lit_mcmc.checkpoints import check_readable
 from lit_mcmc.compilation import compile_network
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
-from lit_mcmc.modules.diffusion import (
+from lit_mcmc.modules.training import (
     PerRankNoise,
     StopOnDivergence,
     adam_with_warmup,

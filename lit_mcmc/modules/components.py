@@ -160,6 +160,7 @@ class ComponentConfig:
             from lit_mcmc.pretrained.diffusers import region_coverage
 
             region_coverage(specs, self.canvas, None)
+            self._region_specs = specs  # parsed once, here (not a config field)
         else:
             given = [k for k in ("canvas", "normalize") if getattr(self, k) is not None]
             if given:
@@ -175,11 +176,7 @@ class ComponentConfig:
 
     def region_specs(self) -> list[Any] | None:
         """The tapestry regions as checked :class:`~lit_mcmc.pretrained.diffusers.RegionSpec` (None without)."""
-        if self.regions is None:
-            return None
-        from lit_mcmc.pretrained.diffusers import RegionSpec
-
-        return [RegionSpec.parse(raw, f"model.components.<name>.regions[{i}]") for i, raw in enumerate(self.regions)]
+        return getattr(self, "_region_specs", None) if self.regions is not None else None
 
     @property
     def kind(self) -> str:

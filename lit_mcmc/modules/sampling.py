@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
@@ -13,16 +12,20 @@ from torch import Tensor, nn
 
 from lit_mcmc.compilation import compile_network
 from lit_mcmc.compose import (
-    ClassifierFreeGuidance,
-    ClassifierGuidance,
     LabelledGuidance,
-    Mixture,
-    Negation,
-    Product,
-    ReconstructionGuidance,
 )
-from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
-from lit_mcmc.modules.components import ComponentConfig, check_sample_shape, has_exact_log_prob, load_component
+from lit_mcmc.diffusion import ScheduleConfig
+from lit_mcmc.modules.components import ComponentConfig, check_sample_shape, load_component
+from lit_mcmc.modules.composition import (
+    CLASSIFIER_ROLE,
+    CompositionConfig,
+    check_exact_log_probs,
+    check_names,
+    classifier_guidance,
+    classifier_width,
+    common_schedule,
+    compose,
+)
 from lit_mcmc.precision import Precision, check_precision, float32_matmul, with_precision
 from lit_mcmc.report import sampler_hparams
 from lit_mcmc.samplers import PerSampleRandom, SamplerConfig
@@ -35,88 +38,10 @@ from lit_mcmc.samplers.adaptation import (
     tune_step_sizes,
     tuning_indices,
 )
+from lit_mcmc.samplers.kernels import ChainInfo
 from lit_mcmc.samplers.particles import ParticleInfo, ResampleConfig
 from lit_mcmc.samplers.schedules import StepTable
 from lit_mcmc.targets import Target
-
-COMPOSITIONS = ("single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance",
-                "reconstruction_guidance", "prompt_product", "tapestry")
-# Compositions made inside one diffusers component (its prompts / regions), with the component key that defines them.
-PROMPT_COMPOSITIONS = {"prompt_product": "prompts", "tapestry": "regions"}
-GUIDED = ("classifier_guidance", "classifier_free_guidance", "reconstruction_guidance")
-# Compositions guided by a classifier component, with the role it must have.
-CLASSIFIER_ROLE = {"classifier_guidance": "classifier", "reconstruction_guidance": "clean_classifier"}
-
-
-@dataclass
-class CompositionConfig:
-    """How the components combine.
-
-    ``kind``: "single" (one part), "product", "negation" (parts [p, q]: p^{1+α}/q^α), "mixture" (needs energy
-    models or analytic parts), "classifier_guidance" (the product of ``parts`` times p_φ(y | x_t)^``scale``, with
-    the noisy classifier component named by ``classifier``), "classifier_free_guidance" (parts
-    [conditional, unconditional], weights (``scale``, 1 − ``scale``)), or "reconstruction_guidance" (one part times
-    p(y | x̂_0(x_t))^``scale`` with the clean classifier named by ``classifier`` applied to the Tweedie estimate),
-    "prompt_product" or "tapestry" (one ``pretrained: diffusers`` part whose ``prompts`` / ``regions`` define it).
-
-    ``mh_scale`` (classifier guidance only) is the classifier's weight in the MH test (null: ``scale``; 1.0
-    reproduces the reference code, ALGORITHMS.md §11.9). With either classifier: sample i is guided towards class
-    ``labels[i % len(labels)]`` when ``labels`` is given, else ``i % n_classes``; ``n_classes`` defaults to the
-    classifier's output width.
-    """
-
-    kind: Literal["single", "product", "negation", "mixture", "classifier_guidance", "classifier_free_guidance",
-                  "reconstruction_guidance", "prompt_product", "tapestry"] = "product"
-    parts: list[str] = field(default_factory=list)
-    weights: list[float] | None = None
-    alpha: float = 0.3
-    classifier: str | None = None
-    scale: float | None = None
-    mh_scale: float | None = None
-    labels: list[int] | None = None
-    n_classes: int | None = None
-
-    def __post_init__(self) -> None:
-        key = "model.composition"
-        if self.kind not in COMPOSITIONS:
-            raise ValueError(f"{key}.kind={self.kind!r} is not one of {list(COMPOSITIONS)}")
-        if self.kind in GUIDED and self.scale is None:
-            raise ValueError(f"{key}.scale must be set for kind={self.kind!r} (the guidance weight, e.g. 20)")
-        if self.kind not in GUIDED and self.scale is not None:
-            raise ValueError(f"{key}.scale applies only to kinds {list(GUIDED)} (kind is {self.kind!r}): remove it")
-        if self.kind in PROMPT_COMPOSITIONS and self.weights is not None:
-            where = (f"model.components.{self.parts[0]}.weights" if len(self.parts) == 1
-                     else "the weights of the diffusers component in model.components")
-            raise ValueError(f"{key}.weights does not apply to kind={self.kind!r}: the prompt weights are {where} "
-                             "(or each region's)")
-        if self.kind != "classifier_guidance" and self.mh_scale is not None:
-            raise ValueError(f"{key}.mh_scale applies only to kind='classifier_guidance' (kind is {self.kind!r}): "
-                             "remove it")
-        with_classifier = {"classifier": self.classifier, "labels": self.labels, "n_classes": self.n_classes}
-        if self.kind not in CLASSIFIER_ROLE:
-            given = [name for name, value in with_classifier.items() if value is not None]
-            if given:
-                raise ValueError(f"{key}.{given[0]} applies only to kinds {list(CLASSIFIER_ROLE)} (kind is "
-                                 f"{self.kind!r}): remove it")
-            return
-        if self.classifier is None:
-            raise ValueError(f"{key}.classifier must name the component (with role: {CLASSIFIER_ROLE[self.kind]}) "
-                             f"that guides the sampling, for kind={self.kind!r}")
-        if self.n_classes is not None and self.n_classes < 1:
-            raise ValueError(f"{key}.n_classes={self.n_classes} must be >= 1")
-        if self.labels is not None:
-            if len(self.labels) == 0:
-                raise ValueError(f"{key}.labels=[] needs at least one class (or null for index % n_classes)")
-            self.check_labels(self.n_classes)
-
-    def check_labels(self, n_classes: int | None) -> None:
-        """Labels must be classes in [0, n_classes − 1] (or >= 0 while n_classes is unknown)."""
-        if self.labels is None:
-            return
-        bad = [y for y in self.labels if y < 0 or (n_classes is not None and y >= n_classes)]
-        if bad:
-            valid = f"[0, {n_classes - 1}]" if n_classes is not None else ">= 0"
-            raise ValueError(f"model.composition.labels contains {bad}, outside the classifier's classes {valid}")
 
 
 class SamplingModule(L.LightningModule):
@@ -155,8 +80,8 @@ class SamplingModule(L.LightningModule):
         super().__init__()
         # Not to the logger: the SampleWriter logs report_hparams() (no paths, no CLI internals) with the metrics.
         self.save_hyperparameters(logger=False)
-        self._check_names(components, composition)  # before loading anything: config errors come first
-        self._check_exact_log_probs(components, composition, sampler, checkpoint_root)
+        check_names(components, composition)  # before loading anything: config errors come first
+        check_exact_log_probs(components, composition, sampler, checkpoint_root)
         check_precision(precision, "model.precision")
         self.precision: Precision = precision
         self.sampler_config = sampler
@@ -173,7 +98,7 @@ class SamplingModule(L.LightningModule):
                 if compile:
                     compile_network(component.module)
         schedules = {name: c.schedule for name, c in loaded.items() if c.schedule is not None}
-        self.schedule = self._common_schedule(schedules, schedule)
+        self.schedule = common_schedule(schedules, schedule)
         if respace is not None:
             if not 2 <= respace <= self.schedule.T:
                 raise ValueError(f"model.respace={respace} must lie in [2, {self.schedule.T}] (the schedule's T), "
@@ -188,9 +113,13 @@ class SamplingModule(L.LightningModule):
         self.component_roles = {name: spec.role for name, spec in components.items()}
         self.n_classes: int | None = None
         if composition.kind in CLASSIFIER_ROLE:
-            self.target: Target = self._classifier_guidance(parts, composition)
+            classifier = self.models[composition.classifier]  # type: ignore[index]
+            self.n_classes = classifier_width(classifier, composition.classifier, self.sample_shape,  # type: ignore[arg-type]
+                                              self.component_roles[composition.classifier] == "classifier",  # type: ignore[index]
+                                              self.schedule, composition)
+            self.target: Target = classifier_guidance(parts, composition, classifier, self.schedule)
         else:
-            self.target = self._compose(parts, composition)
+            self.target = compose(parts, composition)
         self.sampler = sampler.build(self.schedule)
         self.sampler.check_target(self.target)
         # Tuned or reused ε per level (sampler.target_accept / step_table), set in on_predict_start.
@@ -198,131 +127,6 @@ class SamplingModule(L.LightningModule):
         self.step_table_record: dict[str, Any] | None = None
         decoders = [loaded[n].decoder for n in parts if loaded[n].decoder is not None]
         self.decoder = decoders[0] if decoders else None  # latent models: predict_step also returns images
-
-    @staticmethod
-    def _check_names(components: dict[str, ComponentConfig], spec: CompositionConfig) -> None:
-        diffusion = [n for n, c in components.items() if c.role == "diffusion"]
-        classifiers = [n for n, c in components.items() if c.role != "diffusion"]
-        unknown = [n for n in spec.parts if n not in components]
-        if unknown:
-            raise ValueError(f"model.composition.parts names unknown components {unknown}; known: {list(components)}")
-        misused = [n for n in spec.parts if n in classifiers]
-        if misused:
-            raise ValueError(f"model.composition.parts names classifier components {misused}; parts are diffusion "
-                             f"models ({diffusion}); name the classifier in model.composition.classifier instead")
-        if not diffusion:
-            raise ValueError("model.components needs at least one diffusion model (role: diffusion)")
-        if spec.kind in CLASSIFIER_ROLE:
-            role = CLASSIFIER_ROLE[spec.kind]
-            if spec.classifier not in components:
-                raise ValueError(f"model.composition.classifier={spec.classifier!r} is not a component; add it to "
-                                 f"model.components with role: {role} (known: {list(components)})")
-            if components[spec.classifier].role != role:
-                raise ValueError(f"model.composition.classifier={spec.classifier!r} has role: "
-                                 f"{components[spec.classifier].role}, but kind={spec.kind!r} needs a "
-                                 f"{'noisy' if role == 'classifier' else 'clean'} classifier; set "
-                                 f"model.components.{spec.classifier}.role: {role}")
-            if len(classifiers) > 1:
-                raise ValueError(f"model.components has several classifiers {classifiers}; keep only "
-                                 f"model.composition.classifier={spec.classifier!r}")
-        elif classifiers:
-            raise ValueError(f"components {classifiers} are classifiers, which only kinds {list(CLASSIFIER_ROLE)} "
-                             "use; remove them or change model.composition.kind")
-        labelled = [n for n, c in components.items() if getattr(c, "class_labels", None) is not None]
-        if labelled and (spec.kind != "single" or (spec.parts or diffusion) != labelled):
-            raise ValueError(f"model.components.{labelled[0]}.class_labels (per-sample classes of a class-conditional "
-                             "UNet) needs model.composition.kind: single with that component as the only part")
-        if spec.kind in PROMPT_COMPOSITIONS:
-            names = spec.parts or diffusion
-            field = PROMPT_COMPOSITIONS[spec.kind]
-            if len(names) != 1 or getattr(components[names[0]], field) is None:
-                raise ValueError(f"model.composition.kind={spec.kind!r} needs one part, a pretrained: diffusers "
-                                 f"component with '{field}' (model.components.{names[0] if names else 'X'}.{field}); "
-                                 f"got parts {names}")
-
-    @staticmethod
-    def _check_exact_log_probs(components: dict[str, ComponentConfig], spec: CompositionConfig,
-                               sampler: SamplerConfig, root: str) -> None:
-        """Mixtures and the exact-energy MH correction need every diffusion part's log-density: a score model among
-        them is a config error, found before any network is built."""
-        parts = spec.parts or [n for n, c in components.items() if c.role == "diffusion"]
-        needs = [what for what, needed in (("model.composition.kind='mixture'", spec.kind == "mixture"),
-                                           ("model.sampler.correction='energy'", sampler.correction == "energy"))
-                 if needed]
-        for what in needs:
-            for name in parts:
-                if has_exact_log_prob(components[name], root) is False:
-                    raise ValueError(
-                        f"{what} needs an exact log-density from every part, but model.components.{name} is a score "
-                        "model (its log-density is unknown): use energy models or analytic targets"
-                        + (", or correction: line / curve" if "correction" in what else ""))
-
-    @staticmethod
-    def _common_schedule(schedules: dict[str, NoiseSchedule], config: ScheduleConfig | None) -> NoiseSchedule:
-        candidates = list(schedules.items())
-        if config is not None:
-            candidates.append(("model.schedule", config.build()))
-        if not candidates:
-            raise ValueError("model.schedule must be set when every component is analytic")
-        ref_name, ref = candidates[0]
-        for name, other in candidates[1:]:
-            if other.T != ref.T or not torch.allclose(other.betas, ref.betas):
-                raise ValueError(f"noise schedules differ between {ref_name!r} ({ref}) and {name!r} ({other}): "
-                                 "components of a composition must share one schedule")
-        return ref
-
-    @staticmethod
-    def _compose(parts: dict[str, Target], spec: CompositionConfig) -> Target:
-        names = spec.parts or list(parts)
-        chosen = [parts[n] for n in names]
-        if spec.kind in ("single", *PROMPT_COMPOSITIONS):  # a prompt composition is its component's own target
-            if len(chosen) != 1:
-                raise ValueError(f"model.composition.kind='single' needs one part, got {names}")
-            return chosen[0]
-        if spec.kind == "product":
-            return Product(chosen, spec.weights)
-        if spec.kind in ("negation", "classifier_free_guidance"):
-            if len(chosen) != 2:
-                roles = "[keep, remove]" if spec.kind == "negation" else "[conditional, unconditional]"
-                raise ValueError(f"model.composition.kind={spec.kind!r} needs two parts {roles}, got {names}")
-            if spec.kind == "negation":
-                return Negation(chosen[0], chosen[1], spec.alpha)
-            return ClassifierFreeGuidance(chosen[0], chosen[1], spec.scale)  # type: ignore[arg-type]
-        return Mixture(chosen, spec.weights)
-
-    def _classifier_guidance(self, parts: dict[str, Target],
-                             spec: CompositionConfig) -> ClassifierGuidance | ReconstructionGuidance:
-        names = spec.parts or list(parts)
-        if spec.kind == "reconstruction_guidance" and (len(names) != 1 or spec.weights is not None):
-            raise ValueError(f"model.composition.kind='reconstruction_guidance' needs one diffusion model in "
-                             f"model.composition.parts (its score forms the Tweedie estimate), got {names}")
-        inner = parts[names[0]] if len(names) == 1 and spec.weights is None else Product(
-            [parts[n] for n in names], spec.weights)
-        classifier = self.models[spec.classifier]
-        self.n_classes = self._classifier_width(classifier, spec.classifier)  # type: ignore[arg-type]
-        if spec.n_classes is not None and spec.n_classes != self.n_classes:
-            raise ValueError(f"model.composition.n_classes={spec.n_classes} but classifier {spec.classifier!r} "
-                             f"returns {self.n_classes} logits; set it to {self.n_classes} or null")
-        spec.check_labels(self.n_classes)
-        if spec.kind == "reconstruction_guidance":
-            return ReconstructionGuidance(inner, classifier, spec.scale)  # type: ignore[arg-type]
-        return ClassifierGuidance(inner, classifier, self.schedule, spec.scale, mh_scale=spec.mh_scale)  # type: ignore[arg-type]
-
-    def _classifier_width(self, classifier: nn.Module, name: str) -> int:
-        """The number of classes, from one forward pass on a zero image of ``sample_shape`` (at the noisiest level
-        for a noisy classifier)."""
-        x = torch.zeros(1, *self.sample_shape)
-        noisy = self.component_roles[name] == "classifier"
-        args = (self.schedule.model_t(self.schedule.T - 1, 1),) if noisy else ()
-        try:
-            with torch.no_grad():
-                logits = classifier(x, *args)
-        except (ValueError, RuntimeError) as err:
-            raise ValueError(f"classifier {name!r} does not accept samples of model.sample_shape="
-                             f"{self.sample_shape}: {err}") from None
-        if logits.dim() != 2:
-            raise ValueError(f"classifier {name!r} must return logits [B, n_classes], got {tuple(logits.shape)}")
-        return int(logits.shape[1])
 
     def labels_for(self, indices: Tensor) -> Tensor | None:
         """The class each sample is guided towards or conditioned on (None without classifier guidance or a
@@ -423,27 +227,32 @@ class SamplingModule(L.LightningModule):
             samples, info = self.sampler.sample(self.target_for(labels), (len(indices), *self.sample_shape),
                                                 PerSampleRandom(self.seed, indices), self.step_table,
                                                 device=self.device)
-        output = {
-            "indices": indices.cpu(),
-            "samples": samples,
-            "accept_rate": info.accept_rate_per_sample,
-            "nfe": info.nfe,
-            "adjusted": info.adjusted,
-            "accept_rate_per_level": info.accept_rate_per_level,
-            "n_nonfinite": info.n_nonfinite,
-            "quadrature_error_per_level": info.quadrature_error_per_level,  # line/curve corrections only
-            "nonfinite_sample_share_per_level": info.nonfinite_sample_share_per_level,
-            "nonfinite_log_ratio_share_per_level": info.nonfinite_log_ratio_share_per_level,
-            "log_ratio_mean_per_level": info.log_ratio_mean_per_level,  # MH kernels only
-            "seconds": time.perf_counter() - start,
-        }
-        if labels is not None:
-            output["labels"] = labels.cpu()
-        if self.decoder is not None:
-            output["images"] = self.decoder(samples)
-        if info.particles is not None:
-            output["particles"] = particle_output(info.particles, indices)
-        return output
+        images = self.decoder(samples) if self.decoder is not None else None
+        return batch_output(indices, samples, info, labels, images, time.perf_counter() - start)
+
+
+def batch_output(indices: Tensor, samples: Tensor, info: ChainInfo, labels: Tensor | None, images: Tensor | None,
+                 seconds: float) -> dict[str, Any]:
+    """What ``predict_step`` returns for a batch: the samples with their indices, per sample the acceptance, the
+    batch's NFE and per-level record (whole, ``{stat: {level: value}}``), and, when there are some, the labels,
+    the decoded images of a latent model and the particles."""
+    output = {
+        "indices": indices.cpu(),
+        "samples": samples,
+        "accept_rate": info.accept_rate_per_sample,
+        "nfe": info.nfe,
+        "adjusted": info.adjusted,
+        "n_nonfinite": info.n_nonfinite,
+        "levels": info.levels,
+        "seconds": seconds,
+    }
+    if labels is not None:
+        output["labels"] = labels.cpu()
+    if images is not None:
+        output["images"] = images
+    if info.particles is not None:
+        output["particles"] = particle_output(info.particles, indices)
+    return output
 
 
 def check_whole_groups(indices: Tensor, resample: ResampleConfig | None) -> None:
@@ -461,11 +270,8 @@ def check_whole_groups(indices: Tensor, resample: ResampleConfig | None) -> None
 
 def particle_output(particles: ParticleInfo, indices: Tensor) -> dict[str, Any]:
     """What a batch's particles report: per sample log_weight; per group (named by first index // group size) log Ẑ
-    and unique ancestors; per level the ESS (mean and min over the batch's groups) and the groups resampled."""
+    and unique ancestors (their per-level ESS and resampling are in the batch's per-level record)."""
     return {"log_weight": particles.log_weight.float().cpu(),
             "group_ids": (indices[:: particles.group_size] // particles.group_size).cpu(),
             "group_log_z": particles.log_z.cpu(),
-            "group_unique_ancestors": particles.unique_ancestors.cpu(),
-            "ess_mean_per_level": particles.ess_mean_per_level,
-            "ess_min_per_level": particles.ess_min_per_level,
-            "resampled_groups_per_level": particles.resampled_groups_per_level}
+            "group_unique_ancestors": particles.unique_ancestors.cpu()}

@@ -1,4 +1,4 @@
-"""Residual MLP for 2D diffusion models (R3's ``ResnetDiffusionModel``; ALGORITHMS.md §7)."""
+"""Residual MLP for 2D diffusion models (R3's ``ResnetDiffusionModel``; docs/algorithms.md §7)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ class ResMLPBlock(nn.Module):
 class ResMLP(nn.Module):
     """Residual MLP ε-network ``net(x [B, dim], t [B] long) -> [B, dim]`` with a learned time embedding.
 
-    Architecture of R3's 2D experiment (ALGORITHMS.md §7): a learned (n_steps x emb_dim) embedding table,
+    Architecture of R3's 2D experiment (docs/algorithms.md §7): a learned (n_steps x emb_dim) embedding table,
     an input Linear(dim -> hidden), ``n_blocks`` residual blocks of width ``hidden * widen`` and an output
     Linear(hidden -> dim). With ``zero_init_last`` the output layer starts at zero, so the network outputs
     exactly 0 at initialisation (for an energy ‖f − x‖² this is a Gaussian-like start).

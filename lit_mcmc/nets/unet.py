@@ -1,6 +1,6 @@
 """DDPM UNet of Ho et al. (pytorch-ddpm layout) and its encoder as a time-conditioned classifier.
 
-ALGORITHMS.md §8. Images are square: ``image_size`` is both height and width.
+docs/algorithms.md §8. Images are square: ``image_size`` is both height and width.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lit_mcmc.nets.mlp import check_timesteps
 
 # Gain of the layers that close a residual branch or the output: near-zero so each block starts close to the
-# identity and the network output starts close to 0 (see ALGORITHMS.md §3 on initialisation).
+# identity and the network output starts close to 0 (see docs/algorithms.md §3 on initialisation).
 _SMALL_GAIN = 1e-5
 
 

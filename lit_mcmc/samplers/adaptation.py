@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lit_mcmc.data.shards import atomic_write_json
 from lit_mcmc.samplers.annealed import AnnealedSampler
 from lit_mcmc.samplers.config import SamplerConfig
 from lit_mcmc.samplers.kernels import ChainInfo, ChainState
@@ -209,15 +208,7 @@ def tune_step_sizes(sampler: AnnealedSampler, target: Target, initial: LevelValu
 
 def save_step_table(path: Path, record: dict[str, Any]) -> None:
     """Write a ``step_sizes.json`` record atomically (readers see the whole file or none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, record)
 
 
 def load_step_table(path: Path | str, key: str = "sampler.step_table") -> tuple[StepTable, dict[str, Any]]:

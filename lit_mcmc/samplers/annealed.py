@@ -2,7 +2,7 @@
 
 At each level the driver optionally takes one ancestral reverse step (t → t−1, with the target's score), then runs
 K kernel steps at the level it has reached. The levels each sampler visits are explicit (:meth:`plan`) and the
-same for every kernel — the reference codebases disagree here (ALGORITHMS.md §11.6). Without a reverse step
+same for every kernel — the reference codebases disagree here (docs/algorithms.md §11.6). Without a reverse step
 (the papers' 2D experiment), MCMC runs at every level T−1 … 0 starting from x ~ N(0, I); with it (images), x
 starts at level T−1, and MCMC runs after each reverse step at levels T−2 … 0.
 
@@ -26,7 +26,15 @@ from tqdm.auto import tqdm
 
 from lit_mcmc.diffusion import REVERSE_VARIANCES, NoiseSchedule, ReverseVariance
 from lit_mcmc.samplers.diagnostics import DegeneracyThresholds, DegenerateSampling
-from lit_mcmc.samplers.kernels import ChainInfo, ChainState, Kernel
+from lit_mcmc.samplers.kernels import (
+    ACCEPT_RATE,
+    NONFINITE_LOG_RATIO_SHARE,
+    NONFINITE_SAMPLE_SHARE,
+    ChainInfo,
+    ChainState,
+    Kernel,
+)
+from lit_mcmc.samplers.levels import record
 from lit_mcmc.samplers.particles import Particles, ResampleConfig, WithLogProb
 from lit_mcmc.samplers.random import RandomStream, as_random_stream
 from lit_mcmc.samplers.schedules import LevelValue, value_at
@@ -182,7 +190,7 @@ class AnnealedSampler:
             if self.final_denoise:
                 x = self._denoise(target, x, state, info)
             if particles is not None:
-                index, info.particles = particles.finish(rng, x)
+                index, info.particles = particles.finish(rng, x, info.levels)
                 if index is not None:
                     x = x.index_select(0, index)
         return x, info
@@ -221,9 +229,10 @@ class AnnealedSampler:
         if level is None:  # no reverse step and no MCMC here (reverse: false below min_mcmc_level): nothing to check
             return
         nonfinite = float((~torch.isfinite(x.flatten(1))).any(1).double().mean())
-        info.nonfinite_sample_share_per_level[level] = nonfinite
-        accept = info.accept_rate_per_level.get(level) if info.adjusted and step.mcmc_level is not None else None
-        problems = self.degeneracy.problems(accept, info.nonfinite_log_ratio_share_per_level.get(level, 0.0),
+        record(info.levels, NONFINITE_SAMPLE_SHARE, level, nonfinite)
+        accept = (info.levels.get(ACCEPT_RATE, {}).get(level) if info.adjusted and step.mcmc_level is not None
+                  else None)
+        problems = self.degeneracy.problems(accept, info.levels.get(NONFINITE_LOG_RATIO_SHARE, {}).get(level, 0.0),
                                             nonfinite)
         if not problems:
             return

@@ -7,7 +7,7 @@
 
 Integrals use each node's *integrand* (the part of the score that is not known exactly) and add the difference of
 the exactly known part, so a classifier's log-probability in a guided target is evaluated, not integrated
-(Sjöberg, Lindqvist et al., §4; ALGORITHMS.md §5).
+(Sjöberg, Lindqvist et al., §4; docs/algorithms.md §5).
 
 Quadrature rules (:class:`QuadratureRule`) on one segment, with h(s) = g(start + s·d)·d on s ∈ [0, 1]:
 

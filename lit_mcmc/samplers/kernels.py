@@ -24,12 +24,22 @@ from lit_mcmc.samplers.corrections import (
     dot,
     make_correction,
 )
+from lit_mcmc.samplers.levels import LevelRecord, level_stat, record
 from lit_mcmc.samplers.particles import ParticleInfo
 from lit_mcmc.samplers.random import RandomStream, as_random_stream
 from lit_mcmc.samplers.schedules import LevelValue, check_positive, value_at
 from lit_mcmc.targets import Evaluation, Target, where_rows
 
 MassValue = float | Tensor | LevelValue
+
+# Per level (lit_mcmc/samplers/levels.py): the acceptance over the level's steps; for MH kernels the mean finite
+# log-ratio and the share of non-finite ones (the degeneracy check's, not reported); for line/curve corrections
+# the quadrature error estimate |Q − Q_low|; the driver adds the share of non-finite samples after the level.
+ACCEPT_RATE = level_stat("accept_rate")
+LOG_RATIO_MEAN = level_stat("log_ratio_mean")
+NONFINITE_LOG_RATIO_SHARE = level_stat("nonfinite_log_ratio_share", reported=False)
+QUADRATURE_ERROR = level_stat("quadrature_error")
+NONFINITE_SAMPLE_SHARE = level_stat("nonfinite_sample_share")
 
 
 @dataclass
@@ -54,7 +64,8 @@ class StepInfo:
 
 @dataclass
 class ChainInfo:
-    """Running statistics over many transitions (and levels) of a batch of chains.
+    """Running statistics over many transitions (and levels) of a batch of chains; per level in ``levels``
+    (``{stat: {level: value}}``, see ``samplers/levels.py``).
 
     Within a level the sums stay on the chains' device (no host synchronisation per step); :meth:`sync` moves them
     to host numbers, once per level (``Kernel.run_chain`` calls it at the end of its steps).
@@ -68,13 +79,9 @@ class ChainInfo:
     log_ratio_sum: float = 0.0
     log_ratio_count: int = 0
     n_nonfinite: int = 0
-    accept_rate_per_level: dict[int, float] = field(default_factory=dict)
     quadrature_error_sum: float = 0.0
     quadrature_error_count: int = 0
-    quadrature_error_per_level: dict[int, float] = field(default_factory=dict)
-    nonfinite_log_ratio_share_per_level: dict[int, float] = field(default_factory=dict)
-    log_ratio_mean_per_level: dict[int, float] = field(default_factory=dict)
-    nonfinite_sample_share_per_level: dict[int, float] = field(default_factory=dict)
+    levels: LevelRecord = field(default_factory=dict)
     degenerate_levels: dict[int, dict[str, str]] = field(default_factory=dict)  # level -> {problem: detail}
     particles: ParticleInfo | None = None  # with particle resampling: ESS, resampling, log Ẑ, weights
     _pending: Tensor | None = field(default=None, repr=False)  # [non-finite, sum, count] not yet synced
@@ -130,12 +137,13 @@ class ChainInfo:
         self.quadrature_error_sum += other.quadrature_error_sum
         self.quadrature_error_count += other.quadrature_error_count
         if level is not None and other.n_steps:
-            self.accept_rate_per_level[level] = other.accept_rate
+            record(self.levels, ACCEPT_RATE, level, other.accept_rate)
             if other.adjusted:
-                self.nonfinite_log_ratio_share_per_level[level] = other.n_nonfinite / (other.n_steps * other.batch_size)
-                self.log_ratio_mean_per_level[level] = other.log_ratio_mean
+                record(self.levels, NONFINITE_LOG_RATIO_SHARE, level,
+                       other.n_nonfinite / (other.n_steps * other.batch_size))
+                record(self.levels, LOG_RATIO_MEAN, level, other.log_ratio_mean)
         if level is not None and other.quadrature_error_count:
-            self.quadrature_error_per_level[level] = other.quadrature_error_mean
+            record(self.levels, QUADRATURE_ERROR, level, other.quadrature_error_mean)
 
     @property
     def accept_rate_per_sample(self) -> Tensor:
@@ -166,9 +174,8 @@ class ChainInfo:
             "n_steps": self.n_steps,
             "log_ratio_mean": self.log_ratio_mean,
             "n_nonfinite": self.n_nonfinite,
-            "accept_rate_per_level": {str(k): v for k, v in self.accept_rate_per_level.items()},
             "quadrature_error_mean": self.quadrature_error_mean,
-            "quadrature_error_per_level": {str(k): v for k, v in self.quadrature_error_per_level.items()},
+            **{f"{stat}_per_level": {str(k): v for k, v in values.items()} for stat, values in self.levels.items()},
         }
 
 
@@ -247,7 +254,8 @@ class Kernel(ABC):
 
 
 class LangevinKernel(Kernel):
-    """x' = x + ε g(x) + √(2ε) ξ, optionally MH-adjusted (ALGORITHMS.md §4.1–4.2). Use :class:`ULA` or :class:`MALA`."""
+    """x' = x + ε g(x) + √(2ε) ξ, optionally MH-adjusted (docs/algorithms.md §4.1–4.2). Use :class:`ULA` or
+    :class:`MALA`."""
 
     def __init__(self, step_size: LevelValue, correction: Correction | None = None) -> None:
         check_positive(step_size, "step_size")
@@ -297,7 +305,7 @@ class MALA(LangevinKernel):
 
 
 class HamiltonianKernel(Kernel):
-    """Generalised HMC with partial momentum refresh, optionally MH-adjusted (ALGORITHMS.md §4.3–4.4).
+    """Generalised HMC with partial momentum refresh, optionally MH-adjusted (docs/algorithms.md §4.3–4.4).
 
     Per step: v' = γ v + √(1−γ²) M^{1/2} ξ; ``n_leapfrog`` leapfrog steps of size ε with diagonal mass M; then,
     if adjusted, accept (x_L, v_L) with log α = Δ − ½v_LᵀM⁻¹v_L + ½v'ᵀM⁻¹v'. On rejection the momentum is

@@ -24,15 +24,22 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from lit_mcmc.diffusion import NoiseSchedule, ReverseVariance
+from lit_mcmc.samplers.levels import LevelRecord, level_stat, record
 from lit_mcmc.samplers.random import RandomStream
 from lit_mcmc.targets import Evaluation, Target
+
+# per level, over the batch's groups: the ESS's mean (weighted by groups over batches) and min, and how many groups
+# resampled there; in visiting order
+ESS_MEAN = level_stat("ess_mean", "group_mean", descending=True)
+ESS_MIN = level_stat("ess_min", "min", descending=True)
+RESAMPLED_GROUPS = level_stat("resampled_groups", "sum", descending=True)
 
 WeightsName = Literal["exact", "feynman_kac"]
 WEIGHTS = ("exact", "feynman_kac")
@@ -191,9 +198,6 @@ class ParticleInfo:
     log_weight: Tensor
     log_z: Tensor
     unique_ancestors: Tensor
-    ess_mean_per_level: dict[int, float] = field(default_factory=dict)
-    ess_min_per_level: dict[int, float] = field(default_factory=dict)
-    resampled_groups_per_level: dict[int, int] = field(default_factory=dict)
 
 
 class Particles:
@@ -231,8 +235,9 @@ class Particles:
         self._levels.append((level, torch.stack([ess.mean(), ess.min(), resample.double().sum()])))
         return self._resample(groups, resample, u)
 
-    def finish(self, rng: RandomStream, x: Tensor) -> tuple[Tensor | None, ParticleInfo]:
-        """The last resampling (``final: resample``) or the normalised weights (``weighted``); one host read."""
+    def finish(self, rng: RandomStream, x: Tensor, levels: LevelRecord) -> tuple[Tensor | None, ParticleInfo]:
+        """The last resampling (``final: resample``) or the normalised weights (``weighted``); one host read. The
+        per-level ESS (mean and min over the groups) and the number of groups resampled go into ``levels``."""
         groups = self._grouped(self.log_w)
         u = self._group_uniforms(rng, x)
         index = None
@@ -245,9 +250,9 @@ class Particles:
         stats = torch.stack([v for _, v in self._levels]).tolist() if self._levels else []
         info = ParticleInfo(self.config.group_size, log_weight, self.log_z, self._unique_ancestors())
         for (level, _), (ess_mean, ess_min, resampled) in zip(self._levels, stats, strict=True):
-            info.ess_mean_per_level[level] = ess_mean
-            info.ess_min_per_level[level] = ess_min
-            info.resampled_groups_per_level[level] = int(resampled)
+            record(levels, ESS_MEAN, level, ess_mean)
+            record(levels, ESS_MIN, level, ess_min)
+            record(levels, RESAMPLED_GROUPS, level, int(resampled))
         return index, info
 
     def _grouped(self, log_w: Tensor) -> Tensor:
