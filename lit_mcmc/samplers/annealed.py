@@ -66,8 +66,9 @@ class AnnealedSampler:
         reverse_variance: "beta" (s_t² = β_t), "posterior" (β̃_t) or "learned" (the model's own variance output,
             for learned-σ networks such as ADM) for the reverse step's noise.
         min_mcmc_level: run the kernel only at levels >= this (R3's PyTorch code uses MCMC only for t > 50).
-        degeneracy: thresholds that flag a level whose sampling has broken down (recorded in
-            ``ChainInfo.degenerate_levels``); None checks nothing.
+        degeneracy: thresholds that flag a level whose sampling has broken down; the driver records each level's
+            share of non-finite samples, and the run's degenerate levels are found once, over all batches
+            (``lit_mcmc/run_stats.py``); None records and checks nothing.
         fail_on_degenerate: raise :class:`~lit_mcmc.samplers.diagnostics.DegenerateSampling` at the first
             degenerate level instead of going on.
         resample: particle resampling between levels (weights, group size, ESS threshold, final output); None
@@ -223,21 +224,21 @@ class AnnealedSampler:
         return (x + variance * score) / math.sqrt(float(self.schedule.alphas_cumprod[0]))
 
     def _check_level(self, x: Tensor, step: LevelPlan, info: ChainInfo) -> None:
-        """Record the level's share of non-finite samples and flag it when it is degenerate (one host read)."""
+        """Record the level's share of non-finite samples (one host read); with ``fail_on_degenerate``, stop at a
+        degenerate level (otherwise the run's statistics find those levels, over all batches)."""
         assert self.degeneracy is not None
         level = step.mcmc_level if step.mcmc_level is not None else step.reverse_from
         if level is None:  # no reverse step and no MCMC here (reverse: false below min_mcmc_level): nothing to check
             return
         nonfinite = float((~torch.isfinite(x.flatten(1))).any(1).double().mean())
         record(info.levels, NONFINITE_SAMPLE_SHARE, level, nonfinite)
+        if not self.fail_on_degenerate:
+            return
         accept = (info.levels.get(ACCEPT_RATE, {}).get(level) if info.adjusted and step.mcmc_level is not None
                   else None)
         problems = self.degeneracy.problems(accept, info.levels.get(NONFINITE_LOG_RATIO_SHARE, {}).get(level, 0.0),
                                             nonfinite)
-        if not problems:
-            return
-        info.degenerate_levels[level] = problems
-        if self.fail_on_degenerate:
+        if problems:
             raise DegenerateSampling(
                 f"sampling degenerated at level {level} ({'; '.join(problems.values())}); stopped there, as "
                 "sampler.fail_on_degenerate is true. Smaller steps (sampler.step_size or step_a) usually help; "

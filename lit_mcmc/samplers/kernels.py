@@ -82,7 +82,6 @@ class ChainInfo:
     quadrature_error_sum: float = 0.0
     quadrature_error_count: int = 0
     levels: LevelRecord = field(default_factory=dict)
-    degenerate_levels: dict[int, dict[str, str]] = field(default_factory=dict)  # level -> {problem: detail}
     particles: ParticleInfo | None = None  # with particle resampling: ESS, resampling, log Ẑ, weights
     _pending: Tensor | None = field(default=None, repr=False)  # [non-finite, sum, count] not yet synced
     _pending_quadrature: Tensor | None = field(default=None, repr=False)  # [error sum, count] not yet synced
