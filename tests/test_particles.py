@@ -228,3 +228,18 @@ def test_particles_empty_the_metastable_modes_of_the_2d_product():
     assert 1 - inside_bar(smc).float().mean() < 0.005
     upper = (smc[:, 1] > 0).double().view(n // group, group).mean(1)  # groups are the independent units
     assert abs(float(upper.mean()) - 0.5) < 3 * float(upper.std() / math.sqrt(len(upper)))
+
+
+def test_the_sweep_measures_mode_shares_on_the_true_product():
+    """The particle sweep's grid integral gives the exact product's 50/50 mode split (the energy check's yardstick)."""
+    from lit_mcmc.experiments.particle_sweep import oracle_product, upper_share
+
+    assert upper_share(oracle_product(NoiseSchedule.cosine(100))) == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_particle_sweep_table():
+    from lit_mcmc.experiments.particle_sweep import SETTINGS, run
+
+    table = run(n_samples=512, seeds=1)
+    assert len([line for line in table.splitlines() if line.startswith("| HMC")]) == len(SETTINGS)

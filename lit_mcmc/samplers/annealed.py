@@ -35,7 +35,7 @@ from lit_mcmc.samplers.kernels import (
     Kernel,
 )
 from lit_mcmc.samplers.levels import record
-from lit_mcmc.samplers.particles import Particles, ResampleConfig, WithLogProb
+from lit_mcmc.samplers.particles import Particles, ResampleConfig
 from lit_mcmc.samplers.random import RandomStream, as_random_stream
 from lit_mcmc.samplers.schedules import LevelValue, value_at
 from lit_mcmc.targets import Evaluation, Target
@@ -90,6 +90,8 @@ class AnnealedSampler:
             raise ValueError("sampler.final_denoise applies to samplers without reverse steps: with reverse: true the "
                              "last reverse step (from level 0, without noise) already returns Tweedie's x̂_0")
         self.schedule = schedule
+        if kernel is not None and resample is not None and resample.weights == "exact":
+            kernel = kernel.keeping_log_prob()  # exact weights read log γ_t from the state each level ends with
         self.kernel = kernel
         self.n_steps = int(n_steps)
         self.reverse = reverse
@@ -147,8 +149,6 @@ class AnnealedSampler:
         rng = as_random_stream(generator)
         if run_level is None:
             self.check_target(target)
-            if self.resample is not None and self.resample.weights == "exact":
-                target = WithLogProb(target)
             run_level = partial(self.run_level, step_table=step_table)
         info = ChainInfo(batch_size=x.shape[0], adjusted=self.kernel is not None and self.kernel.correction is not None)
         state: ChainState | None = None  # the last kernel state: its cached evaluation serves the next reverse step

@@ -9,6 +9,7 @@ Accept/reject is per sample, and a NaN or infinite log-ratio is a rejection.
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -184,10 +185,24 @@ class Kernel(ABC):
     step_size: LevelValue
     correction: Correction | None = None
     carries_momentum: bool = False
+    keeps_log_prob: bool = False
 
     @property
     def needs_log_prob(self) -> bool:
         return self.correction is not None and self.correction.needs_log_prob
+
+    @property
+    def state_log_prob(self) -> bool:
+        """Whether its states carry log p̃: its MH test needs it, or ``keeps_log_prob`` asks for it (exact particle
+        weights read it from the state each level ends with). Only states are evaluated with it, not every
+        leapfrog point."""
+        return self.needs_log_prob or self.keeps_log_prob
+
+    def keeping_log_prob(self) -> Kernel:
+        """The same kernel, with log p̃ in every state it returns."""
+        kept = copy.copy(self)
+        kept.keeps_log_prob = True
+        return kept
 
     def check_target(self, target: Target) -> None:
         """Fail clearly when the correction needs what the target cannot give."""
@@ -195,7 +210,7 @@ class Kernel(ABC):
             target.require_log_prob(f"{type(self).__name__} with correction='energy'")
 
     def evaluate(self, target: Target, x: Tensor, t: int, with_log_prob: bool | None = None) -> Evaluation:
-        ev = target.evaluate(x, t, with_log_prob=self.needs_log_prob if with_log_prob is None else with_log_prob)
+        ev = target.evaluate(x, t, with_log_prob=self.state_log_prob if with_log_prob is None else with_log_prob)
         if ev.score.shape != x.shape:
             raise ValueError(f"{type(target).__name__}.score returned shape {tuple(ev.score.shape)} for x of "
                              f"shape {tuple(x.shape)}: a target's score must be shaped like x")
@@ -368,7 +383,7 @@ class HamiltonianKernel(Kernel):
         for i in range(self.n_leapfrog):
             v_l = v_l + 0.5 * eps * ev_l.score
             x_l = x_l + eps * v_l / mass
-            ev_l = self.evaluate(target, x_l, t, with_log_prob=self.needs_log_prob and i == self.n_leapfrog - 1)
+            ev_l = self.evaluate(target, x_l, t, with_log_prob=self.state_log_prob and i == self.n_leapfrog - 1)
             v_l = v_l + 0.5 * eps * ev_l.score
             path.append(x_l)
             evals.append(ev_l)

@@ -165,25 +165,6 @@ class FeynmanKacWeights(ParticleWeights):
         return 0.5 * float(schedule.betas[t]) * evaluation.sq_norm_gap().to(x.dtype)
 
 
-class WithLogProb(Target):
-    """The same target, always evaluated with its log-density (free for targets that have one): exact particle
-    weights read log γ_t from the evaluations the kernels cache."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.has_log_prob = target.has_log_prob
-        self.feynman_kac = target.feynman_kac
-
-    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
-        return self.target.evaluate(x, t, with_log_prob=True)
-
-    def integrand(self, x: Tensor, t: int) -> Tensor:
-        return self.target.integrand(x, t)
-
-    def __getattr__(self, name: str) -> object:  # with_labels, schedule, ... of the wrapped target
-        return getattr(self.__dict__["target"], name)
-
-
 @dataclass
 class ParticleInfo:
     """What the particles did in one run: per-level ESS and resampling, and per group log Ẑ and ancestry.
