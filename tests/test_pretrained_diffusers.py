@@ -194,6 +194,21 @@ def test_prompt_product_is_its_formula_in_one_unet_call():
     torch.testing.assert_close(score, -expected / float(schedule.marginal_std[300]), rtol=0, atol=1e-5)
 
 
+def test_prompt_product_feynman_kac_gap_is_its_formula():
+    """‖S‖² − Σ w‖s‖² over the densities the product combines: p(∅)^{1−Σw} Πᵢ p(cᵢ)^{wᵢ}, s = −ε/σ (particle
+    weights), from the same single UNet call."""
+    unet = tiny_text_unet(3, 3)
+    schedule = schedule_from_scheduler(DDPMScheduler(num_train_timesteps=1000))
+    embeddings, weights = torch.randn(3, TEXT_LEN, TEXT_DIM), [2.0, -0.5]
+    x = torch.randn(2, 3, RESOLUTION, RESOLUTION)
+    evaluation = PromptProduct(unet, schedule, embeddings, weights).evaluate(x, 300)
+    sigma = float(schedule.marginal_std[300])
+    scores = [-direct_eps(unet, x, embeddings[i:i + 1], 300) / sigma for i in range(3)]
+    sq = [s.flatten(1).pow(2).sum(1) for s in scores]
+    expected = evaluation.score.flatten(1).pow(2).sum(1) - ((1 - 1.5) * sq[0] + 2.0 * sq[1] - 0.5 * sq[2])
+    torch.testing.assert_close(evaluation.sq_norm_gap(), expected, rtol=1e-4, atol=1e-2)
+
+
 def test_one_prompt_is_classifier_free_guidance():
     unet = tiny_text_unet(3, 3)
     schedule = schedule_from_scheduler(DDPMScheduler(num_train_timesteps=1000))
