@@ -30,13 +30,6 @@ def _weighted_sum(weights: Sequence[float], tensors: Sequence[Tensor]) -> Tensor
     return total
 
 
-def _parts_sq_norm(evaluation: Evaluation) -> Tensor:
-    """Σ_i w_i ‖s_i‖² of one part (‖score‖² for a single diffused density)."""
-    if evaluation.parts_sq_norm is not None:
-        return evaluation.parts_sq_norm
-    return evaluation.score.flatten(1).pow(2).sum(1)
-
-
 class Product(Target):
     """p̃_t(x) = ∏_i p̃_{i,t}(x)^{w_i}: log-densities, scores and exact parts add with weights w_i (default 1)."""
 
@@ -64,7 +57,7 @@ class Product(Target):
             # A learned reverse variance is one model's: the first part that has one (the unconditional model
             # under classifier-free guidance, as that one comes first).
             variance_output=next((e.variance_output for e in evals if e.variance_output is not None), None),
-            parts_sq_norm=_weighted_sum(w, [_parts_sq_norm(e) for e in evals]),
+            parts_sq_norm=_weighted_sum(w, [e.weighted_sq_norm() for e in evals]),
         )
 
     def integrand(self, x: Tensor, t: int) -> Tensor:
@@ -252,7 +245,7 @@ class ClassifierGuidance(LabelledGuidance):
         # p_t(y|x) = q_{c,t}/q_{u,t} up to a constant, taking the inner target's score for q_u's: the classifier adds
         # λ(‖s_c‖² − ‖s_u‖²) = λ(2⟨s_u, g⟩ + ‖g‖²) to Σ w_i ‖s_i‖², g = ∇ log p_t(y|x) (Feynman–Kac weights).
         class_sq = self.scale * (2 * (inner.score * class_grad).flatten(1).sum(1) + class_grad.flatten(1).pow(2).sum(1))
-        return Guidance(self.scale * class_grad, self.mh_scale * class_log_prob, _parts_sq_norm(inner) + class_sq)
+        return Guidance(self.scale * class_grad, self.mh_scale * class_log_prob, inner.weighted_sq_norm() + class_sq)
 
 
 class ClassifierFreeGuidance(Product):

@@ -73,10 +73,15 @@ class Evaluation:
         return Evaluation(pick(self.score), pick(self.integrand), pick(self.exact), pick(self.log_prob),  # type: ignore[arg-type]
                           pick(self.variance_output), pick(self.parts_sq_norm))
 
+    def weighted_sq_norm(self) -> Tensor:
+        """Σ_i w_i ‖s_i‖² per sample: ``parts_sq_norm``, or ‖score‖² for a single diffused density."""
+        return self.parts_sq_norm if self.parts_sq_norm is not None else self.score.flatten(1).pow(2).sum(1)
+
     def sq_norm_gap(self) -> Tensor:
         """‖S‖² − Σ_i w_i ‖s_i‖² per sample: the Feynman–Kac weight rate over ½β (zero for one diffused density)."""
-        sq = self.score.flatten(1).pow(2).sum(1)
-        return sq - self.parts_sq_norm if self.parts_sq_norm is not None else torch.zeros_like(sq)
+        if self.parts_sq_norm is None:
+            return self.score.new_zeros(self.score.shape[0])
+        return self.score.flatten(1).pow(2).sum(1) - self.parts_sq_norm
 
 
 class Target(ABC):
