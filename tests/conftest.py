@@ -50,7 +50,7 @@ def restore_environ():
 def score_checkpoints(tmp_path_factory):
     """The two 2D score models, tiny, trained by `lit-mcmc fit` (<root>/<name>/checkpoints/last.ckpt): a
     checkpoint_root for the configs/toy2d/sample_score_* configs."""
-    from test_cli import lit_mcmc, tiny_fit_args
+    from tests.e2e.test_cli import lit_mcmc, tiny_fit_args
 
     root = tmp_path_factory.mktemp("train")
     for name in ("gmm_score", "bar_score"):

@@ -26,7 +26,7 @@ def write_run(path: Path, sampler: SamplerConfig, perf: tuple[float, float, floa
               metrics: dict[str, float] | None) -> None:
     """A run directory as SampleWriter leaves it: stats.json, and metrics.json when metrics were computed.
 
-    The hyper-parameters are every field of the sampler config (as stats.json files written before issue 13
+    The hyper-parameters are every field of the sampler config (as older stats.json files
     hold them): the table keeps those the kernel uses."""
     path.mkdir(parents=True)
     stats = {"sampler": sampler.name, "hparams": sampler.hparams(), "n_samples": 100,

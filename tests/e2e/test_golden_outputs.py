@@ -105,12 +105,11 @@ def fit(args: list[str]) -> None:
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory) -> dict[str, dict]:
     """Every config's record, each run in this process on models written or trained here."""
-    from test_cli import tiny_fit_args
-    from test_image_modules import tiny_fit_config, write_image_folder, write_yaml
-    from test_pretrained_adm import TINY_CLASSIFIER, TINY_UNET, save_random, tiny_imagenet_config
-    from test_pretrained_diffusers import tiny_config, write_pipelines
-
     from lit_mcmc.nets.adm import ADMEncoderClassifier, ADMUNet
+    from tests.e2e.test_cli import tiny_fit_args
+    from tests.modules.test_image_modules import tiny_fit_config, write_image_folder, write_yaml
+    from tests.pretrained.test_pretrained_adm import TINY_CLASSIFIER, TINY_UNET, save_random, tiny_imagenet_config
+    from tests.pretrained.test_pretrained_diffusers import tiny_config, write_pipelines
 
     saved = dict(os.environ)
     root = tmp_path_factory.mktemp("golden")

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_failures import SMALL, TOY2D, one_error_line, run_cli
 
 from lit_mcmc.cli import main
 from lit_mcmc.data.shards import shard_name
+from tests.e2e.test_failures import SMALL, TOY2D, one_error_line, run_cli
 
 ORACLE = TOY2D / "sample_oracle_hmc.yaml"
 SAMPLER = "--model.init_args.sampler."

@@ -12,7 +12,7 @@ import yaml
 
 from lit_mcmc.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SMC_CONFIG = REPO / "configs" / "toy2d" / "sample_oracle_hmc_smc.yaml"
 N_SAMPLES, GROUP = 64, 16
 
@@ -57,7 +57,7 @@ def test_a_particle_run_reports_weights_ess_resampling_and_log_z(weighted_run: P
 
 def test_two_processes_and_other_batches_give_the_same_particles(weighted_run: Path, tmp_path: Path):
     """Groups are keyed by their samples: one process with batch 32, two DDP processes with batch 16."""
-    from test_distributed import one_and_two_process_samples
+    from tests.e2e.test_distributed import one_and_two_process_samples
 
     reference = np.load(weighted_run / "samples.npz")
     one, two = one_and_two_process_samples(small_config(tmp_path, batch=GROUP), tmp_path)

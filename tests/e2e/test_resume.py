@@ -20,7 +20,7 @@ from lit_mcmc.cli import LitMCMCCLI, main
 from lit_mcmc.data.indices import indices_on_disk
 from lit_mcmc.data.shards import read_shard, shard_name
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "toy2d"
 # 10 batches of 4 (several seconds of sampling after ~10 s of start-up), so a kill lands mid-run
 N_SAMPLES, BATCH = 40, 4

@@ -15,7 +15,7 @@ import yaml
 
 from lit_mcmc.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TOY2D = REPO / "configs" / "toy2d"
 SMALL = ["--data.init_args.n_samples", "16", "--data.init_args.batch_size", "16", "--trainer.enable_progress_bar",
          "false", "--model.init_args.sampler.n_steps", "1"]
@@ -292,9 +292,8 @@ def test_min_mcmc_level_without_reverse_steps_runs(tmp_path, restore_environ):
 
 
 def test_adm_channels_that_do_not_fit_are_one_line_before_any_file(tmp_path, capsys, restore_environ):
-    from test_pretrained_adm import TINY_UNET, save_random
-
     from lit_mcmc.nets.adm import ADMUNet
+    from tests.pretrained.test_pretrained_adm import TINY_UNET, save_random
 
     save_random(ADMUNet(**TINY_UNET), tmp_path / "unet.pt")
     config = yaml.safe_load(ORACLE.read_text())

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = {name: REPO / "configs" / "slurm" / f"{name}.sbatch" for name in ("fit", "predict")}
 CONFIGS = {"fit": "configs/toy2d/train_gmm_score.yaml", "predict": "configs/toy2d/sample_score_hmc_curve.yaml"}
 SLURM_ENV = {"SLURM_JOB_ID": "123", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "4",

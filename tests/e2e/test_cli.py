@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "toy2d"
 
 

@@ -1,4 +1,4 @@
-"""What TensorBoard shows for a sampler comparison, checked in the event files (issue 13; the browser check is
+"""What TensorBoard shows for a sampler comparison, checked in the event files (the browser check is
 tests/browser/screenshot_tensorboard.py): the HParams session's hyper-parameters and metrics, no placeholder, no
 path, and training runs apart from sampling runs."""
 
@@ -27,7 +27,7 @@ from lit_mcmc.report import (
 )
 from lit_mcmc.samplers import SamplerConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "toy2d"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "toy2d"
 # The issue's list: what tells samplers apart, and the numbers to compare them by.
 SAMPLER_HPARAMS = {"sampler", "model", "kernel", "correction", "step_size", "n_steps", "n_leapfrog", "damping",
                    "mass", "carry_momentum", "flip_on_reject", "reverse", "levels", "composition", "n_samples", "seed",

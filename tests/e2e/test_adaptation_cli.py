@@ -14,7 +14,7 @@ import pytest
 
 from lit_mcmc.cli import main
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ORACLE = REPO / "configs" / "toy2d" / "sample_oracle_hmc.yaml"
 KEY = "--model.init_args.sampler."
 

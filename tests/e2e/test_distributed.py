@@ -18,7 +18,7 @@ import torch
 from lit_mcmc.data.indices import IndexBatches, SampleIndexDataModule
 from lit_mcmc.data.shards import shard_name
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 ORACLE = REPO / "configs" / "toy2d" / "sample_oracle_hmc.yaml"
 N_SAMPLES, BATCH = 37, 8  # 37 = 4 full blocks of 8 + one of 5: odd for one process and for two
 

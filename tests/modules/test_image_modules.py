@@ -31,7 +31,7 @@ from lit_mcmc.nets.timm_cifar import timm_cifar_classifier
 from lit_mcmc.nets.unet import EncoderClassifier, UNet
 from lit_mcmc.samplers import SamplerConfig
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MNIST = REPO / "configs" / "mnist"
 TINY_NET = {"in_channels": 1, "ch": 8, "ch_mult": [1, 2], "n_res_blocks": 1, "attn_resolutions": [],
             "image_size": 8, "n_steps": 10}

@@ -36,7 +36,7 @@ from lit_mcmc.pretrained.diffusers import (  # noqa: E402
 )
 from lit_mcmc.samplers import PerSampleRandom, SamplerConfig  # noqa: E402
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs" / "diffusers"
 RESOLUTION, TEXT_DIM, TEXT_LEN = 8, 16, 8
 
@@ -489,7 +489,7 @@ def test_if_tapestry_config_runs_with_learned_variance(pipelines: Path, tmp_path
 @pytest.mark.slow
 def test_prompt_product_samples_do_not_depend_on_the_process_count(pipelines: Path, tmp_path: Path,
                                                                      restore_environ):
-    from test_distributed import one_and_two_process_samples
+    from tests.e2e.test_distributed import one_and_two_process_samples
 
     _, path = tiny_config("sample_sd15_prompt_product_hmc", pipelines, tmp_path)
     reference, split = one_and_two_process_samples(path, tmp_path)

@@ -23,7 +23,7 @@ from lit_mcmc.pretrained.adm import PUBLISHED_CONFIGS, default_schedule
 from lit_mcmc.samplers import SamplerConfig
 from lit_mcmc.targets import ScoreModelTarget
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IMAGENET = REPO / "configs" / "imagenet"
 # Small networks of the published ones' kind: learned σ, scale-shift norm, resblock up/down, 64-channel heads.
 TINY_UNET = {"image_size": 16, "in_channels": 3, "model_channels": 32, "out_channels": 6, "num_res_blocks": 1,
@@ -230,7 +230,7 @@ def test_imagenet_configs_run_end_to_end_on_cpu(checkpoints: Path, tmp_path: Pat
 
 @pytest.mark.slow
 def test_imagenet_hmc_samples_do_not_depend_on_the_process_count(checkpoints: Path, tmp_path: Path, restore_environ):
-    from test_distributed import one_and_two_process_samples
+    from tests.e2e.test_distributed import one_and_two_process_samples
 
     config, path = tiny_imagenet_config("sample_guided_hmc", checkpoints, tmp_path)
     config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]  # the writer: samples only
