@@ -135,3 +135,30 @@ def test_evaluate_samples_combines_the_three_metrics():
             "w2": wasserstein2(target, samples, paper_compat),
             "gmm": gmm_variance_metric(target, samples, match_components=not paper_compat),
         }
+
+
+def test_bootstrap_standard_errors_of_the_2d_metrics_match_the_spread_over_fresh_sample_sets():
+    from lit_mcmc.metrics.toy2d import sample_metrics, sample_metrics_uncertainty
+
+    generator = torch.Generator().manual_seed(1)
+    n = 300
+    reference = sample_product(n, generator).numpy()
+    draws = [sample_product(n, generator).numpy() for _ in range(30)]
+    spread = {key: np.std([sample_metrics(d, reference)[key] for d in draws], ddof=1) for key in ("ll", "w2")}
+    estimate = sample_metrics_uncertainty(draws[0], reference, n_boot=60)
+    assert {k: estimate[k] for k in ("ll", "w2", "gmm")} == sample_metrics(draws[0], reference)
+    assert set(estimate) == {f"{k}{s}" for k in ("ll", "w2", "gmm") for s in ("", "_se", "_low", "_high")}
+    # LL is a mean over samples: its bootstrap se is std/√n; each se agrees with the spread over fresh sets
+    assert estimate["ll_se"] == pytest.approx(log_density(draws[0]).std() / math.sqrt(n), rel=0.25)
+    for key in ("ll", "w2"):
+        assert 0.5 < estimate[f"{key}_se"] / spread[key] < 2.0, key
+        assert estimate[f"{key}_low"] < estimate[f"{key}_high"]
+
+
+def test_bootstrap_of_non_finite_2d_samples_is_nan():
+    from lit_mcmc.metrics.toy2d import sample_metrics_uncertainty
+
+    samples = np.zeros((20, 2))
+    samples[3] = np.nan
+    out = sample_metrics_uncertainty(samples, np.zeros((20, 2)), n_boot=5)
+    assert out["ll"] == -math.inf and math.isnan(out["w2_se"]) and math.isnan(out["gmm_high"])

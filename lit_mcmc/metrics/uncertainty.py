@@ -1,0 +1,201 @@
+"""Uncertainty of metrics: bootstrap over samples, analytic standard errors, trials and the two-SE difference test.
+
+Plain numpy, no Lightning. What a metric callback or a results table needs:
+
+- :func:`bootstrap`: the bootstrap of any statistic of N samples, given as a function of the resampled indices, so a
+  metric whose samples were already turned into features (FID, the 2D metrics) is resampled without recomputing
+  them: ``bootstrap(lambda idx: statistic(features[idx]), len(features))``;
+- :func:`proportion`: the analytic standard error of a fraction of hits (accuracies, precision, recall);
+- :func:`trials`: mean, sample std, n and standard error of one metric over trials (seeds);
+- :func:`difference`: a difference to a baseline and whether it exceeds two standard errors of the difference
+  (Welch: the standard errors of the two sides add in quadrature);
+- :func:`marked_cells`: a results table's cells "mean ± std" over trials, marked where a row differs from a
+  baseline row by more than two standard errors (Welch across trials).
+
+Every result is a :class:`Estimate`, whose :meth:`Estimate.as_metrics` gives the ``metrics.json`` /
+TensorBoard keys ``<name>``, ``<name>_se``, ``<name>_low`` and ``<name>_high``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.stats import norm
+
+Interval = Literal["percentile", "basic", "normal"]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A metric's value, its standard error and a confidence interval [low, high] (NaN where unknown)."""
+
+    value: float
+    se: float
+    low: float
+    high: float
+
+    def as_metrics(self, name: str) -> dict[str, float]:
+        """``{name: value, name_se: se, name_low: low, name_high: high}``: the keys metrics.json and TensorBoard
+        hold, and that ``lit-mcmc-compare`` reads (``<name>_se``)."""
+        return {name: self.value, f"{name}_se": self.se, f"{name}_low": self.low, f"{name}_high": self.high}
+
+
+def normal_estimate(value: float, se: float, level: float = 0.95) -> Estimate:
+    """``value ± z·se``, the normal interval at ``level`` (z = 1.96 for 95 %)."""
+    z = float(norm.ppf(0.5 + level / 2))
+    return Estimate(float(value), float(se), float(value - z * se), float(value + z * se))
+
+
+def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 200, seed: int = 0,
+              level: float = 0.95, interval: Interval = "percentile") -> Estimate:
+    """The nonparametric bootstrap of ``statistic`` over ``n`` samples.
+
+    ``statistic(indices)`` computes the metric on the samples ``indices`` (an int array of length n; the value
+    itself is ``statistic(np.arange(n))``). Pass already-computed per-sample data (features, log-densities,
+    points) and index it, so that nothing upstream (a feature network) runs again. The standard error is the
+    std (ddof=1) of ``n_boot`` replicates drawn with a seeded generator. ``interval``: "percentile" (the
+    replicates' quantiles), "basic" (2·value − quantiles, which corrects a bias the resampling adds, e.g. FID's
+    upward bias from duplicated samples) or "normal" (value ± z·se). A non-finite value or replicate gives NaN
+    standard error and interval (e.g. an LL of −inf).
+
+    Call: ``bootstrap(lambda idx: float(log_density[idx].mean()), len(log_density)).as_metrics("ll")``.
+    """
+    if n < 2:
+        raise ValueError(f"the bootstrap needs at least 2 samples, got n={n}")
+    if n_boot < 2:
+        raise ValueError(f"n_boot={n_boot} must be >= 2 (200 gives the standard error to about 5 %)")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level} must be in (0, 1), e.g. 0.95")
+    value = float(statistic(np.arange(n)))
+    rng = np.random.default_rng(seed)
+    replicates = np.array([float(statistic(rng.integers(0, n, n))) for _ in range(n_boot)])
+    if not (math.isfinite(value) and np.isfinite(replicates).all()):
+        nan = float("nan")
+        return Estimate(value, nan, nan, nan)
+    se = float(replicates.std(ddof=1))
+    if interval == "normal":
+        return normal_estimate(value, se, level)
+    low, high = np.quantile(replicates, [0.5 - level / 2, 0.5 + level / 2])
+    if interval == "basic":
+        low, high = 2 * value - high, 2 * value - low
+    elif interval != "percentile":
+        raise ValueError(f"interval={interval!r} must be one of 'percentile', 'basic', 'normal'")
+    return Estimate(value, se, float(low), float(high))
+
+
+def proportion(hits: np.ndarray | Sequence[bool] | float, n: int | None = None, level: float = 0.95) -> Estimate:
+    """A fraction of hits with its analytic standard error √(p(1−p)/n) and Wilson score interval.
+
+    ``hits`` is the per-sample bool array (accuracies: ``r3_hits(...)``), or the fraction p itself with ``n``.
+    Call: ``proportion(r3_hits(probs, labels).cpu().numpy()).as_metrics("r3_accuracy")``.
+    """
+    if isinstance(hits, float):
+        if n is None:
+            raise ValueError("give n, the number of samples, with a fraction p")
+        p = hits
+    else:
+        array = np.asarray(hits, dtype=np.float64)
+        n, p = len(array), float(array.mean()) if len(array) else float("nan")
+    if not n:
+        raise ValueError("a proportion needs at least one sample")
+    se = math.sqrt(max(p * (1 - p), 0.0) / n)
+    z = float(norm.ppf(0.5 + level / 2))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return Estimate(p, se, centre - half, centre + half)
+
+
+@dataclass(frozen=True)
+class Trials:
+    """One metric over trials (seeds): mean, sample std (ddof=1; NaN for one trial), n, and se = std/√n."""
+
+    mean: float
+    std: float
+    n: int
+
+    @property
+    def se(self) -> float:
+        return self.std / math.sqrt(self.n) if self.n > 1 else float("nan")
+
+
+def trials(values: Sequence[float]) -> Trials:
+    """Mean, sample std and count of one metric's values over trials. Call: ``trials([7.82, 10.49, 9.1])``."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or len(array) == 0:
+        raise ValueError(f"trials needs a non-empty list of numbers, got {values!r}")
+    with np.errstate(invalid="ignore"):  # a non-finite value (an LL of −inf) has a NaN std, not a warning
+        std = float(array.std(ddof=1)) if len(array) > 1 else float("nan")
+    return Trials(float(array.mean()), std, len(array))
+
+
+@dataclass(frozen=True)
+class Difference:
+    """value − baseline, the standard error of that difference, and whether |difference| > n_se·se."""
+
+    diff: float
+    se: float
+    significant: bool | None  # None: no standard error on one side, so nothing can be said
+
+
+def difference(value: float, se: float, baseline: float, baseline_se: float, n_se: float = 2.0) -> Difference:
+    """The difference to a baseline, se = √(se² + baseline_se²) (Welch: independent estimates), and whether it
+    exceeds ``n_se`` standard errors. Give each side's standard error: across trials ``Trials.se``, within one run
+    its bootstrap/analytic ``<metric>_se``. Call: ``difference(9.1, 0.8, 7.8, 0.5).significant``."""
+    diff = float(value - baseline)
+    combined = math.sqrt(se * se + baseline_se * baseline_se)
+    if not (math.isfinite(combined) and math.isfinite(diff)):
+        return Difference(diff, float("nan"), None)
+    return Difference(diff, combined, abs(diff) > n_se * combined)
+
+
+def welch(values: Sequence[float], baseline_values: Sequence[float], n_se: float = 2.0) -> Difference:
+    """:func:`difference` of two sets of trial values: mean difference and Welch's se √(s₁²/n₁ + s₂²/n₂)."""
+    a, b = trials(values), trials(baseline_values)
+    return difference(a.mean, a.se, b.mean, b.se, n_se)
+
+
+def mean_std_text(values: Sequence[float], fmt: str = "%.4g") -> str:
+    """'1.23' for one value, '1.23 ± 0.04' for several (sample std, ddof=1); a non-finite mean alone."""
+    summary = trials(values)
+    if summary.n == 1 or not math.isfinite(summary.mean):
+        return fmt % summary.mean
+    return f"{fmt % summary.mean} ± {fmt % summary.std}"
+
+
+MARK = "*"
+
+
+def marked_cells(rows: Mapping[str, Sequence[float]], baseline: str, fmt: str = "%.4g", n_se: float = 2.0,
+                 show_difference: bool = False) -> dict[str, str]:
+    """Table cells of one metric: for every row its trials' "mean ± std", with ``*`` appended where the row's mean
+    differs from the ``baseline`` row's by more than ``n_se`` Welch standard errors (and, with ``show_difference``,
+    the difference: "3.40 ± 0.02 (−0.08*)"). The baseline's own cell is unmarked; rows with one trial, or
+    non-finite values, are never marked (no standard error). ``std`` is the sample std (ddof=1).
+
+    Call, per metric column of a study table with ``rows = {row_key: [value of trial 0, 1, ...]}``:
+    ``cells = marked_cells({r["key"]: [t["w2"] for t in r["trials"]] for r in rows}, baseline="exact", fmt="%.3f")``
+    and say in the caption: "* : differs from <baseline> by more than two standard errors (Welch, over trials)".
+    """
+    if baseline not in rows:
+        raise ValueError(f"baseline row {baseline!r} is not one of the rows {list(rows)}")
+    base = list(rows[baseline])
+    cells = {}
+    for key, values in rows.items():
+        values = list(values)
+        if not values:
+            cells[key] = "–"
+            continue
+        text = mean_std_text(values, fmt)
+        if key != baseline and len(values) > 1 and len(base) > 1:
+            test = welch(values, base, n_se)
+            mark = MARK if test.significant else ""
+            if show_difference and math.isfinite(test.diff):
+                text += f" ({'+' if test.diff >= 0 else '−'}{fmt % abs(test.diff)}{mark})"
+            else:
+                text += mark
+        cells[key] = text
+    return cells

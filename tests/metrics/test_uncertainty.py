@@ -1,0 +1,98 @@
+"""Bootstrap coverage, analytic standard errors, trials, the Welch difference and the marked table cells."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest, ttest_ind
+
+from lit_mcmc.metrics.uncertainty import (
+    Estimate,
+    bootstrap,
+    difference,
+    marked_cells,
+    proportion,
+    trials,
+    welch,
+)
+
+
+@pytest.mark.parametrize("interval", ["percentile", "basic", "normal"])
+def test_bootstrap_interval_of_a_gaussian_mean_covers_the_truth_at_its_nominal_rate(interval: str) -> None:
+    rng = np.random.default_rng(0)
+    truth, repetitions, n = 1.5, 400, 60
+    covered = 0
+    for rep in range(repetitions):
+        data = rng.normal(truth, 2.0, n)
+        estimate = bootstrap(lambda idx, data=data: data[idx].mean(), n, n_boot=200, seed=rep, interval=interval)
+        covered += estimate.low <= truth <= estimate.high
+    assert abs(covered / repetitions - 0.95) <= 0.05
+
+
+def test_bootstrap_standard_error_of_a_mean_is_the_analytic_one() -> None:
+    data = np.random.default_rng(1).normal(0.0, 3.0, 500)
+    estimate = bootstrap(lambda idx: data[idx].mean(), len(data), n_boot=1000)
+    assert estimate.value == data.mean()
+    # the plug-in standard error std(ddof=0)/√n, to the Monte-Carlo accuracy of 1000 replicates (about 2 %)
+    assert estimate.se == pytest.approx(data.std() / math.sqrt(len(data)), rel=0.08)
+
+
+def test_bootstrap_of_a_non_finite_statistic_has_no_standard_error() -> None:
+    data = np.array([0.0, 1.0, -np.inf, 2.0])
+    estimate = bootstrap(lambda idx: data[idx].mean(), len(data), n_boot=20)
+    assert estimate.value == -np.inf and math.isnan(estimate.se) and math.isnan(estimate.low)
+
+
+def test_bootstrap_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="n_boot=1 must be >= 2"):
+        bootstrap(lambda idx: 0.0, 10, n_boot=1)
+    with pytest.raises(ValueError, match="interval='bca' must be one of"):
+        bootstrap(lambda idx: float(idx.mean()), 10, n_boot=5, interval="bca")  # type: ignore[arg-type]
+
+
+def test_proportion_has_the_binomial_standard_error_and_the_wilson_interval() -> None:
+    hits = np.array([True] * 90 + [False] * 10)
+    estimate = proportion(hits)
+    assert estimate.value == 0.9 and estimate.se == pytest.approx(math.sqrt(0.9 * 0.1 / 100))
+    wilson = binomtest(90, 100).proportion_ci(confidence_level=0.95, method="wilson")
+    assert (estimate.low, estimate.high) == pytest.approx((wilson.low, wilson.high), rel=1e-4)
+    assert proportion(0.9, n=100) == estimate
+    assert estimate.as_metrics("r3_accuracy") == {"r3_accuracy": 0.9, "r3_accuracy_se": estimate.se,
+                                                   "r3_accuracy_low": estimate.low,
+                                                   "r3_accuracy_high": estimate.high}
+
+
+def test_trials_and_the_welch_difference_match_scipys_welch_t() -> None:
+    a, b = [7.82, 10.49, 9.10, 8.70], [6.1, 6.5, 5.9]
+    summary = trials(a)
+    assert (summary.mean, summary.std, summary.n) == pytest.approx((np.mean(a), np.std(a, ddof=1), 4))
+    test = welch(a, b)
+    t = ttest_ind(a, b, equal_var=False).statistic
+    assert test.diff / test.se == pytest.approx(t)
+    assert test.significant == (abs(t) > 2)
+    assert math.isnan(trials([1.0]).se)
+
+
+def test_difference_marks_only_beyond_two_standard_errors() -> None:
+    assert difference(1.0, 0.3, 0.0, 0.4).significant is False  # 1.0 < 2·0.5
+    assert difference(1.01, 0.3, 0.0, 0.4).significant is True
+    assert difference(-1.1, 0.3, 0.0, 0.4).significant is True
+    assert difference(5.0, float("nan"), 0.0, 0.1).significant is None
+
+
+def test_marked_cells_mark_rows_that_differ_from_the_baseline_by_two_welch_standard_errors() -> None:
+    rows = {"exact": [3.48, 3.49, 3.47], "far": [3.30, 3.32, 3.31], "near": [3.47, 3.50, 3.46],
+            "single": [3.0], "broken": [-math.inf, 3.0, 3.1]}
+    cells = marked_cells(rows, baseline="exact", fmt="%.2f")
+    assert cells == {"exact": "3.48 ± 0.01", "far": "3.31 ± 0.01*", "near": "3.48 ± 0.02",
+                     "single": "3.00", "broken": "-inf"}
+    shown = marked_cells(rows, baseline="exact", fmt="%.2f", show_difference=True)
+    assert shown["far"] == "3.31 ± 0.01 (−0.17*)" and shown["near"] == "3.48 ± 0.02 (−0.00)"
+    with pytest.raises(ValueError, match="baseline row 'reverse' is not one of the rows"):
+        marked_cells(rows, baseline="reverse")
+
+
+def test_estimate_is_a_plain_record() -> None:
+    assert Estimate(1.0, 0.1, 0.8, 1.2).as_metrics("fid")["fid_se"] == 0.1
