@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-from callbacks.sample_writer import SampleWriter, find_writer, scored_samples
+from lit_mcmc.run_report import RunReport, run_report, scored_samples
 
 
 class SampleMetricCallback(Callback, ABC):
@@ -20,11 +20,12 @@ class SampleMetricCallback(Callback, ABC):
 
     A latent model's decoded ``images`` (beside its ``samples``) are what is scored.
 
-    ``predict`` with a ``SampleWriter`` listed before this callback: global rank zero scores the writer's merged
-    samples (all of them, also those of earlier, interrupted runs) and hands the values to the writer, which
-    reports them. Without a writer: each batch's ``outputs["samples"]`` (and ``outputs.get("labels")``) updates
-    the metrics on every rank; at the end of the epoch they are computed into :attr:`last_values` and, on global
-    rank zero, written with ``add_scalar`` to every logger experiment that has it (tags ``predict/<name>``).
+    ``predict`` with a ``SampleWriter`` (anywhere in the callback list): global rank zero scores the merged
+    samples (all of them, also those of earlier, interrupted runs) in ``on_predict_end`` and adds the values to
+    the run's report (:mod:`lit_mcmc.run_report`), which the writer publishes. Without a writer: each batch's
+    ``outputs["samples"]`` (and ``outputs.get("labels")``) updates the metrics on every rank; at the end they are
+    computed into :attr:`last_values` and, on global rank zero, written with ``add_scalar`` to every logger
+    experiment that has it (tags ``predict/<name>``).
 
     ``fit``/``validate``: every ``every_n_epochs`` validation epochs (0 disables it; the sanity check is
     skipped) the callback asks ``pl_module.generate_samples(n, generator)`` for ``(samples, labels or None)``,
@@ -75,8 +76,8 @@ class SampleMetricCallback(Callback, ABC):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if find_writer(trainer) is not None:
-            return  # scored from the merged samples at the end of the epoch
+        if run_report(trainer) is not None:
+            return  # scored from the merged samples at the end of the run
         if not isinstance(outputs, dict) or "samples" not in outputs:
             found = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
             raise KeyError(
@@ -85,11 +86,11 @@ class SampleMetricCallback(Callback, ABC):
             )
         self._update(scored_samples(outputs), outputs.get("labels"))
 
-    def on_predict_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        writer = find_writer(trainer)
-        if writer is not None:
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        report = run_report(trainer)
+        if report is not None:
             if trainer.is_global_zero:
-                self._score_merged(writer, pl_module)
+                self._score_merged(report, pl_module)
             return
         self.last_values = self._compute()
         if not trainer.is_global_zero:
@@ -101,11 +102,9 @@ class SampleMetricCallback(Callback, ABC):
             for name, value in self.last_values.items():
                 add_scalar(f"predict/{name}", value, trainer.global_step)
 
-    def _score_merged(self, writer: SampleWriter, pl_module: LightningModule, chunk: int = 500) -> None:
-        """Score the writer's merged samples on this rank alone (the other ranks do not join a sync)."""
-        merged = writer.merged
-        if merged is None:
-            raise RuntimeError(f"{type(self).__name__} scores the merged samples: list SampleWriter before it")
+    def _score_merged(self, report: RunReport, pl_module: LightningModule, chunk: int = 500) -> None:
+        """Score the merged samples on this rank alone (the other ranks do not join a sync)."""
+        merged = report.merged_samples(type(self).__name__)
         self._reset()
         samples, labels = torch.from_numpy(scored_samples(merged)), merged.get("labels")
         for start in range(0, len(samples), chunk):
@@ -121,7 +120,7 @@ class SampleMetricCallback(Callback, ABC):
         finally:
             for m, value in zip(metrics, previous, strict=True):
                 m.sync_on_compute = value
-        writer.add_metrics(self.last_values)
+        report.add_metrics(self.last_values)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._due(trainer):

@@ -1,10 +1,10 @@
 """SampleWriter: one atomic shard per predict batch, merged at the end, and the run's report.
 
-Shards make sampling preemption-safe; the merge gives ``samples.npz`` + ``stats.json``. Metric callbacks listed
-after the writer score the merged samples (so a resumed run is scored on all of them) and hand their numbers to
-:meth:`SampleWriter.add_metrics`; the writer then writes ``metrics.json`` and logs the sampler's hyper-parameters
-with every metric to TensorBoard's HParams view, the acceptance rate per level as a curve, and a picture of the
-samples (a scatter plot for 2D, an image grid for images).
+Shards make sampling preemption-safe; the merge gives ``samples.npz`` + ``stats.json`` and opens the run's report
+(:mod:`lit_mcmc.run_report`). Metric callbacks, in any order, score the merged samples (so a resumed run is scored on
+all of them) and add their numbers to the report; the writer then writes ``metrics.json`` and logs the sampler's
+hyper-parameters with every metric to TensorBoard's HParams view, the acceptance rate per level as a curve, and a
+picture of the samples (a scatter plot for 2D, an image grid for images).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from lit_mcmc.data.shards import (
     shard_paths,
 )
 from lit_mcmc.report import quality_family, run_hparams, run_metrics, write_hparams_session
+from lit_mcmc.run_report import open_report, run_report, scored_samples
 from lit_mcmc.run_stats import REPORTED_STATS, equally_weighted, level_arrays, run_stats, weighted_output
 
 
@@ -56,8 +57,6 @@ class SampleWriter(BasePredictionWriter):
             raise ValueError(f"nonfinite_samples={nonfinite_samples!r} is not one of ['flag', 'refuse']")
         self.output_dir = output_dir
         self.nonfinite_samples = nonfinite_samples
-        self.merged: dict[str, Any] | None = None
-        self.metrics: dict[str, float] = {}
         self._start = 0.0
 
     def resolve_dir(self, trainer: L.Trainer) -> Path:
@@ -65,8 +64,7 @@ class SampleWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
-        self.merged = None
-        self.metrics = {}
+        open_report(trainer, self.resolve_dir(trainer))
         check_output_dir(self.resolve_dir(trainer), expected_bytes(getattr(trainer, "datamodule", None), pl_module))
 
     def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
@@ -108,7 +106,7 @@ class SampleWriter(BasePredictionWriter):
     def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier()  # every rank has written its shards
         if trainer.is_global_zero:
-            self.merged = self.merge(trainer, pl_module)
+            run_report(trainer).merged = self.merge(trainer, pl_module)  # type: ignore[union-attr]
         trainer.strategy.barrier()
 
     def merge(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -161,22 +159,23 @@ class SampleWriter(BasePredictionWriter):
             raise RuntimeError(f"{shards} lacks {len(missing)} of data.n_samples={n_samples} samples (indices "
                                f"{missing[:5].tolist()}...): rerun the same command to draw them")
 
-    def add_metrics(self, values: dict[str, float]) -> None:
-        """Called by metric callbacks (listed after the writer) with their values for this run."""
-        self.metrics.update({k: float(v) for k, v in values.items()})
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or self.merged is None:
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Publish the report once every metric callback has added to it (in ``on_predict_end``); Lightning calls
+        this only after a run that succeeded."""
+        report = run_report(trainer)
+        if stage != "predict" or not trainer.is_global_zero or report is None or report.merged is None:
             return
-        stats = self.merged["stats"]
-        record = {**self.metrics, **{k: stats[k] for k in REPORTED_STATS if k in stats}}
+        stats = report.merged["stats"]
+        record = {**report.metrics, **{k: stats[k] for k in REPORTED_STATS if k in stats}}
         atomic_write_text(self.resolve_dir(trainer) / "metrics.json", json.dumps(record, indent=2))
-        self._log_tensorboard(trainer, stats, record)
+        self._log_tensorboard(trainer, report.merged, record)
 
-    def _log_tensorboard(self, trainer: L.Trainer, stats: dict[str, Any], record: dict[str, Any]) -> None:
+    @staticmethod
+    def _log_tensorboard(trainer: L.Trainer, merged: dict[str, Any], record: dict[str, Any]) -> None:
+        stats = merged["stats"]
         metrics = run_metrics(stats, record)  # sampler statistics and quality metrics (lit_mcmc.report's columns)
         hparams = run_hparams(stats)  # what distinguishes this run from other sampler runs
-        quality = quality_family(scored_samples(self.merged).shape[1:])  # type: ignore[arg-type]
+        quality = quality_family(scored_samples(merged).shape[1:])
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):  # one HParams session with every metric declared
                 write_hparams_session(logger.experiment, hparams, metrics, quality)
@@ -196,7 +195,7 @@ class SampleWriter(BasePredictionWriter):
                 for level in stats.get("nonfinite_sample_share_per_level", {}):  # 1 marks a degenerate level
                     experiment.add_scalar("sampler/degenerate_per_level",
                                           float(level in stats.get("degenerate_levels", {})), int(level))
-                shown = scored_samples(self.merged)  # type: ignore[arg-type]
+                shown = scored_samples(merged)
                 picture = sample_picture(shown, stats.get("sampler") or "samples")
                 if isinstance(picture, np.ndarray):
                     experiment.add_image("samples", picture, 0, dataformats="CHW")
@@ -238,18 +237,4 @@ def sample_picture(samples: np.ndarray, title: str) -> Any:
 
         grid = make_grid(torch.from_numpy(samples[:64]), nrow=8, normalize=True, value_range=(-1, 1))
         return grid.numpy()
-    return None
-
-
-def scored_samples(outputs: dict[str, Any]) -> Any:
-    """What image metrics and pictures look at: the decoded ``images`` of a latent model, else the ``samples``."""
-    images = outputs.get("images")
-    return images if images is not None else outputs["samples"]
-
-
-def find_writer(trainer: L.Trainer) -> SampleWriter | None:
-    """The trainer's SampleWriter, if any (metric callbacks score its merged samples and report through it)."""
-    for callback in trainer.callbacks:  # type: ignore[attr-defined]
-        if isinstance(callback, SampleWriter):
-            return callback
     return None

@@ -8,9 +8,9 @@ import lightning as L
 import matplotlib
 import numpy as np
 
-from callbacks.sample_writer import find_writer
 from lit_mcmc.data.toy2d import DISTRIBUTIONS, sample_distribution, seeded_generator
 from lit_mcmc.metrics.toy2d import REFERENCE_SEED, sample_metrics
+from lit_mcmc.run_report import run_report
 
 matplotlib.use("Agg")
 
@@ -18,11 +18,11 @@ matplotlib.use("Agg")
 class Toy2DMetrics(L.Callback):
     """Compares the merged samples with as many exact samples of ``distribution`` (drawn with ``seed``).
 
-    Must be listed after the ``SampleWriter``, which merges the samples and reports the metrics (metrics.json,
-    TensorBoard HParams). LL (under the paper's extended product density) is reported for the product only; W2
-    and the GMM metric for any distribution. ``paper_compat`` reproduces the reference code's metric bugs
-    (docs/algorithms.md §11) for comparison with the paper's table. Also writes ``samples.png`` (samples over the
-    exact ones) next to the samples.
+    Needs a ``SampleWriter`` (anywhere in the callback list), which merges the samples and publishes the metrics
+    (metrics.json, TensorBoard HParams). LL (under the paper's extended product density) is reported for the
+    product only; W2 and the GMM metric for any distribution. ``paper_compat`` reproduces the reference code's
+    metric bugs (docs/algorithms.md §11) for comparison with the paper's table. Also writes ``samples.png``
+    (samples over the exact ones) next to the samples.
     """
 
     def __init__(self, distribution: str = "product", seed: int = REFERENCE_SEED, paper_compat: bool = False,
@@ -35,23 +35,24 @@ class Toy2DMetrics(L.Callback):
         self.plot = plot
         self.metrics: dict[str, float] = {}
 
-    def on_predict_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        report = run_report(trainer)
+        if report is None:
+            raise RuntimeError("Toy2DMetrics scores the merged samples: add callbacks.sample_writer.SampleWriter to "
+                               "trainer.callbacks")
         if not trainer.is_global_zero:
             return
-        writer = find_writer(trainer)
-        if writer is None or writer.merged is None:
-            raise RuntimeError("Toy2DMetrics scores the merged samples: list callbacks.sample_writer.SampleWriter "
-                               "before it in trainer.callbacks")
-        samples = writer.merged["samples"]
+        merged = report.merged_samples("Toy2DMetrics")
+        samples = merged["samples"]
         if len(samples) < 10:
             raise ValueError(f"Toy2DMetrics needs at least 10 samples to fit its 2-component GMMs, got {len(samples)}: "
                              "raise data.n_samples or drop the metrics callback")
         reference = sample_distribution(self.distribution, len(samples), seeded_generator(self.seed)).numpy()
         self.metrics = self.evaluate(samples, reference)
-        writer.add_metrics(self.metrics)
+        report.add_metrics(self.metrics)
         if self.plot:
-            title = writer.merged["stats"].get("sampler") or "samples"
-            self._plot(samples, reference, writer.resolve_dir(trainer) / "samples.png", title)
+            title = merged["stats"].get("sampler") or "samples"
+            self._plot(samples, reference, report.output_dir / "samples.png", title)
 
     def evaluate(self, samples: np.ndarray, reference: np.ndarray) -> dict[str, float]:
         return sample_metrics(samples, reference, self.distribution, self.paper_compat)

@@ -12,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from callbacks.sample_writer import SampleWriter
 from lit_mcmc.data.indices import SampleIndexDataModule
 from lit_mcmc.report import read_hparams_sessions
+from lit_mcmc.run_report import run_report
 from lit_mcmc.samplers import SamplerConfig
 
 
@@ -30,12 +31,13 @@ class FakeSampler(LightningModule):
 
 
 def test_hparams_metrics_curves_and_picture_reach_tensorboard(tmp_path):
-    class Quality(Callback):  # reports a quality metric through the writer, as metric callbacks do
-        def on_predict_epoch_end(self, trainer, pl_module):
-            trainer.callbacks[0].add_metrics({"w2": 0.25})
+    class Quality(Callback):  # reports a quality metric through the run's report, as metric callbacks do
+        def on_predict_end(self, trainer, pl_module):
+            run_report(trainer).add_metrics({"w2": 0.25})
 
     logger = TensorBoardLogger(str(tmp_path), name="tb", version="v")
-    trainer = Trainer(accelerator="cpu", logger=logger, callbacks=[SampleWriter(str(tmp_path)), Quality()],
+    # the metric callback first: the order of callbacks does not matter
+    trainer = Trainer(accelerator="cpu", logger=logger, callbacks=[Quality(), SampleWriter(str(tmp_path))],
                       enable_progress_bar=False, inference_mode=False)
     trainer.predict(FakeSampler(), datamodule=SampleIndexDataModule(n_samples=20, batch_size=8,
                                                                     output_dir=str(tmp_path)),
