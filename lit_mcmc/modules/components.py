@@ -28,7 +28,7 @@ ROLES = ("diffusion", "classifier", "clean_classifier")
 PRETRAINED_ROLE = {"adm": "diffusion", "adm_classifier": "classifier", "diffusers": "diffusion"}
 ADM_FIELDS = ("config", "use_fp16")
 DIFFUSERS_FIELDS = ("subfolder", "torch_dtype", "variant", "prompts", "weights", "embeddings", "regions", "canvas",
-                    "normalize", "prediction_type", "class_labels")
+                    "normalize", "prediction_type", "class_labels", "micro_conditioning")
 
 
 @dataclass
@@ -56,7 +56,10 @@ class ComponentConfig:
     (the empty prompt for a text-conditional one). Prompts are encoded with the pipeline's tokenizer and text
     encoder at setup, or read from ``embeddings`` (a file saved with torch.save: {prompt: [L, D]}, "" included;
     relative to ``checkpoint_root``). A class-conditional UNet (``class_labels`` input) generates sample i of a
-    predict run from class ``class_labels[i % len(class_labels)]`` (composition kind: single).
+    predict run from class ``class_labels[i % len(class_labels)]`` (composition kind: single). A folder with
+    ``model_index.json`` encodes prompts with its pipeline class's own ``encode_prompt``; an SDXL-type UNet also
+    gets the pooled text embedding and ``micro_conditioning`` ({original_size, crops_coords_top_left,
+    target_size}; default: the pipeline's, at the model's native size).
     """
 
     checkpoint: str | None = None
@@ -78,6 +81,7 @@ class ComponentConfig:
     canvas: list[int] | None = None
     normalize: bool | None = None
     class_labels: list[int] | None = None
+    micro_conditioning: dict[str, list[int]] | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in ("checkpoint", "analytic", "pretrained") if getattr(self, k) is not None]
@@ -120,7 +124,7 @@ class ComponentConfig:
 
     def _check_diffusers(self) -> None:
         """The diffusers fields, checked before any file is read (errors name model.components.<name>.<field>)."""
-        from lit_mcmc.pretrained.diffusers import PREDICTION_TYPES, TORCH_DTYPES, RegionSpec
+        from lit_mcmc.pretrained.diffusers import PREDICTION_TYPES, TORCH_DTYPES
 
         key = "model.components.<name>"
         if self.path is None:
@@ -153,14 +157,9 @@ class ComponentConfig:
             raise ValueError(f"{key}.weights weighs {key}.prompts, which is not set (tapestry regions carry "
                              "their own weights)")
         if self.regions is not None:
-            if self.canvas is None or len(self.canvas) != 2 or min(self.canvas) < 1:
-                raise ValueError(f"{key}.canvas must be [height, width] of the tapestry (positive), got "
-                                 f"{self.canvas}")
-            specs = [RegionSpec.parse(raw, f"{key}.regions[{i}]") for i, raw in enumerate(self.regions)]
-            from lit_mcmc.pretrained.diffusers import region_coverage
+            from lit_mcmc.pretrained.diffusers import parse_regions
 
-            region_coverage(specs, self.canvas, None)
-            self._region_specs = specs  # parsed once, here (not a config field)
+            self._region_specs = parse_regions(self.regions, self.canvas, key)  # parsed once, here (not a field)
         else:
             given = [k for k in ("canvas", "normalize") if getattr(self, k) is not None]
             if given:
@@ -173,6 +172,9 @@ class ComponentConfig:
                 raise ValueError(f"{key}.class_labels applies to a class-conditional UNet, not to prompts or regions")
         if self.embeddings is not None and self.prompts is None and self.regions is None:
             raise ValueError(f"{key}.embeddings holds prompt embeddings, but there are no prompts or regions")
+        from lit_mcmc.pretrained.diffusers import check_micro_conditioning
+
+        check_micro_conditioning(self.micro_conditioning, key)
 
     def region_specs(self) -> list[Any] | None:
         """The tapestry regions as checked :class:`~lit_mcmc.pretrained.diffusers.RegionSpec` (None without)."""
@@ -271,34 +273,13 @@ def load_diffusers(name: str, spec: ComponentConfig, root: Path) -> LoadedCompon
 
     key = f"model.components.{name}"
     path = _resolve(spec.path, root)  # type: ignore[arg-type]
-    pipeline = adapter.load_pipeline(path, spec.path, f"{key}.path", spec.subfolder, spec.torch_dtype,  # type: ignore[arg-type]
-                                     spec.variant)
+    pipeline, make_target = adapter.load_component(path, spec.path, key, spec, root)  # type: ignore[arg-type]
     schedule = spec.schedule.build() if spec.schedule is not None else pipeline.schedule
     if schedule is None:
         raise FileNotFoundError(f"no scheduler/ folder with a scheduler_config.json in {path} ({key}.path): add the "
                                 f"pipeline's scheduler, or give the training schedule in {key}.schedule")
-    prompts = spec.prompts
-    if spec.regions is not None:
-        prompts = [p for region in spec.region_specs() for p in region.prompts]  # type: ignore[union-attr]
-    prompt_table = None
-    if prompts is not None or adapter.is_text_conditional(pipeline.unet):
-        prompt_table = _prompt_table(path, root, spec, prompts or [], key)
     component = adapter.DiffusersComponent(pipeline.unet, pipeline.vae)
-    make_target = adapter.target_factory(pipeline.unet, spec.prediction_type or pipeline.prediction_type or "epsilon",
-                                         prompt_table, spec.prompts, spec.weights, spec.region_specs(), spec.canvas,
-                                         bool(spec.normalize), spec.class_labels)
     return LoadedComponent(component, schedule, make_target, component.decode if pipeline.vae is not None else None)
-
-
-def _prompt_table(path: Path, root: Path, spec: ComponentConfig, prompts: list[str], key: str) -> dict[str, Tensor]:
-    """{prompt: embedding} for "" and ``prompts``: from the embeddings file, else encoded once with the pipeline's
-    tokenizer and text encoder (which are then dropped: sampling needs only the embeddings)."""
-    from lit_mcmc.pretrained import diffusers as adapter
-
-    if spec.embeddings is not None:
-        return adapter.read_prompt_embeddings(_resolve(spec.embeddings, root), prompts, f"{key}.embeddings")
-    tokenizer, text_encoder = adapter.load_text_encoder(path, spec.torch_dtype, f"{key}.path")
-    return adapter.encode_prompts(tokenizer, text_encoder, prompts)
 
 
 def network_input(module: nn.Module | None) -> tuple[str, int] | None:

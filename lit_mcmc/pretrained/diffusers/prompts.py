@@ -1,32 +1,35 @@
 """Text-prompt compositions of one diffusers UNet: prompt groups and products (ε(∅) + Σᵢ wᵢ(ε(cᵢ) − ε(∅)), one
-batched UNet call), the tapestry (regions of a larger canvas, parsed once into :class:`RegionSpec`), and the
-prompts' embeddings."""
+batched UNet call) and the tapestry (regions of a larger canvas, parsed once by :func:`parse_regions`). The
+embeddings come from :mod:`lit_mcmc.pretrained.diffusers.text`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from lit_mcmc.checkpoints import read_checkpoint
 from lit_mcmc.diffusion import NoiseSchedule
-from lit_mcmc.pretrained.diffusers.unet import REGION_KEYS, UNetPredictor
-from lit_mcmc.targets import DensityTarget, Evaluation
+from lit_mcmc.pretrained.diffusers.text import PromptEncoding
+from lit_mcmc.pretrained.diffusers.unet import UNetPredictor
+from lit_mcmc.targets import Evaluation, ScoreModelTarget
+
+REGION_KEYS = ("top", "left", "size", "prompt", "prompts", "weight", "weights")
 
 
 @dataclass
 class PromptGroup:
     """The empty prompt and k prompts with their weights: ε = ε(∅) + Σᵢ wᵢ(ε(cᵢ) − ε(∅)).
 
-    ``embeddings``: [k+1, L, D] text-encoder outputs, row 0 the empty prompt; ``weights``: k numbers.
+    ``embeddings``: [k+1, L, D] text-encoder outputs, row 0 the empty prompt; ``weights``: k numbers; ``pooled``:
+    [k+1, P] pooled text embeddings, for UNets that take them (SDXL's ``text_embeds``), else None.
     """
 
     embeddings: Tensor
     weights: list[float]
+    pooled: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.embeddings.dim() != 3:
@@ -36,6 +39,9 @@ class PromptGroup:
         if len(self.weights) != self.embeddings.shape[0] - 1:
             raise ValueError(f"{len(self.weights)} weights for {self.embeddings.shape[0] - 1} prompts (embeddings "
                              "row 0 is the empty prompt; one weight per further row)")
+        if self.pooled is not None and (self.pooled.dim() != 2 or self.pooled.shape[0] != self.embeddings.shape[0]):
+            raise ValueError(f"pooled prompt embeddings must have shape [{self.embeddings.shape[0]}, P] (one row per "
+                             f"embeddings row), got {tuple(self.pooled.shape)}")
 
     @property
     def size(self) -> int:
@@ -65,21 +71,24 @@ class PromptGroup:
         return variances[1] if variances.shape[0] > 1 else variances[0]
 
 
-class _PromptComposition(DensityTarget):
+class _PromptComposition(ScoreModelTarget):
     """Shared by prompt products and tapestries: several prompt groups, each on its own crop of x, evaluated with
-    ONE batched UNet call (all groups' rows stacked, B samples per row)."""
+    ONE batched UNet call (all groups' rows stacked, B samples per row). A
+    :class:`~lit_mcmc.targets.ScoreModelTarget` whose ε call is the composed ε.
 
-    has_log_prob = False
+    ``time_ids`` [n]: SDXL's size conditioning (original size, crop, target size), shared by every row; with it,
+    every group needs ``pooled`` embeddings, and both go to the UNet as ``added_cond_kwargs``.
+    """
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, groups: Sequence[PromptGroup],
-                 prediction_type: str = "epsilon") -> None:
+                 prediction_type: str = "epsilon", time_ids: Tensor | None = None) -> None:
+        super().__init__(unet, schedule)
         self.predictor = UNetPredictor(unet, schedule, prediction_type)
-        self.schedule = schedule
         self.groups = list(groups)
-
-    def _group_eps(self, crops: Sequence[Tensor], t: int) -> list[tuple[Tensor, Tensor | None]]:
-        """Each group's combined ε (and learned variance) on its crop [B, C, h, w], from one UNet call."""
-        return [(eps, variance) for eps, variance, _ in self._group_outputs(crops, t)]
+        self.time_ids = time_ids
+        if time_ids is not None and any(group.pooled is None for group in self.groups):
+            raise ValueError("time_ids (SDXL size conditioning) go with pooled text embeddings: every prompt group "
+                             "needs 'pooled'")
 
     def _group_outputs(self, crops: Sequence[Tensor], t: int) -> list[tuple[Tensor, Tensor | None, Tensor]]:
         """Each group's combined ε, learned variance and :meth:`PromptGroup.sq_norm`, from one UNet call."""
@@ -88,7 +97,13 @@ class _PromptComposition(DensityTarget):
                             for crop, group in zip(crops, self.groups, strict=True)])
         hidden = torch.cat([group.embeddings.to(crops[0].device).repeat_interleave(batch, dim=0)
                             for group in self.groups])
-        eps, variance = self.predictor(inputs, t, {"encoder_hidden_states": hidden})
+        conditioning: dict[str, Any] = {"encoder_hidden_states": hidden}
+        if self.time_ids is not None:
+            pooled = torch.cat([group.pooled.to(crops[0].device).repeat_interleave(batch, dim=0)  # type: ignore[union-attr]
+                                for group in self.groups])
+            conditioning["added_cond_kwargs"] = {"text_embeds": pooled,
+                                                 "time_ids": self.time_ids.to(pooled.device).expand(len(pooled), -1)}
+        eps, variance = self.predictor(inputs, t, conditioning)
         results = []
         start = 0
         for group in self.groups:
@@ -98,13 +113,6 @@ class _PromptComposition(DensityTarget):
             var = None if variance is None else PromptGroup.variance(variance[rows].unflatten(0, (group.size, batch)))
             results.append((group.combine(stacked), var, group.sq_norm(stacked)))
         return results
-
-    def _evaluation(self, eps: Tensor, variance: Tensor | None, t: int) -> Evaluation:
-        score = self.predictor.score(eps, t)
-        return Evaluation(score, score, eps.new_zeros(eps.shape[0]), None, variance)
-
-    def score_and_log_prob(self, x: Tensor, t: int, with_log_prob: bool) -> tuple[Tensor, None]:
-        return self.evaluate(x, t).score, None
 
 
 class PromptProduct(_PromptComposition):
@@ -120,19 +128,26 @@ class PromptProduct(_PromptComposition):
         embeddings: [k+1, L, D] prompt embeddings, row 0 the empty prompt (see :func:`encode_prompts`).
         weights: k weights wᵢ.
         prediction_type: "epsilon", "v_prediction" or "sample".
+        pooled: [k+1, P] pooled text embeddings (SDXL), with ``time_ids`` [n] its size conditioning.
     """
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, embeddings: Tensor, weights: Sequence[float],
-                 prediction_type: str = "epsilon") -> None:
-        super().__init__(unet, schedule, [PromptGroup(embeddings, list(weights))], prediction_type)
+                 prediction_type: str = "epsilon", pooled: Tensor | None = None,
+                 time_ids: Tensor | None = None) -> None:
+        super().__init__(unet, schedule, [PromptGroup(embeddings, list(weights), pooled)], prediction_type, time_ids)
+
+    def _network(self, x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
+        ((eps, variance, _),) = self._group_outputs([x], t)
+        return eps, variance
 
     def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
+        """The base evaluation plus Σ w‖s‖² of the densities the product combines (from the same UNet call)."""
         if with_log_prob:
             self.require_log_prob("with_log_prob=True")
         ((eps, variance, eps_sq_norm),) = self._group_outputs([x], t)
-        evaluation = self._evaluation(eps, variance, t)
-        evaluation.parts_sq_norm = eps_sq_norm / float(self.schedule.marginal_std[t]) ** 2
-        return evaluation
+        sigma = float(self.schedule.marginal_std[t])
+        score = -eps / sigma
+        return Evaluation(score, score, x.new_zeros(x.shape[0]), None, variance, eps_sq_norm / sigma**2)
 
 
 @dataclass
@@ -186,13 +201,15 @@ class Tapestry(_PromptComposition):
         prediction_type: "epsilon", "v_prediction" or "sample".
         normalize: divide by the number of regions covering each pixel.
         resolution: the UNet's input size (``unet.config.sample_size``); regions of another size are an error.
+        time_ids: SDXL's size conditioning, with pooled embeddings in every region's group.
     """
 
     feynman_kac = False
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, regions: Sequence[Region], canvas: Sequence[int],
-                 prediction_type: str = "epsilon", normalize: bool = False, resolution: int | None = None) -> None:
-        super().__init__(unet, schedule, [region.group for region in regions], prediction_type)
+                 prediction_type: str = "epsilon", normalize: bool = False, resolution: int | None = None,
+                 time_ids: Tensor | None = None) -> None:
+        super().__init__(unet, schedule, [region.group for region in regions], prediction_type, time_ids)
         self.regions = list(regions)
         self.canvas = (int(canvas[0]), int(canvas[1]))
         self.normalize = normalize
@@ -209,71 +226,24 @@ class Tapestry(_PromptComposition):
             self._crop(canvas, region).add_(part)
         return canvas / self.coverage.to(canvas) if average else canvas
 
-    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
-        if with_log_prob:
-            self.require_log_prob("with_log_prob=True")
+    def _network(self, x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
         if tuple(x.shape[-2:]) != self.canvas:
             raise ValueError(f"the tapestry canvas is {self.canvas[0]}x{self.canvas[1]}, but samples are "
                              f"{x.shape[-2]}x{x.shape[-1]}: set model.sample_shape to [C, {self.canvas[0]}, "
                              f"{self.canvas[1]}]")
-        results = self._group_eps([self._crop(x, region) for region in self.regions], t)
-        eps = self._place([eps for eps, _ in results], x, self.normalize)
-        variances = [var for _, var in results]
+        results = self._group_outputs([self._crop(x, region) for region in self.regions], t)
+        eps = self._place([eps for eps, _, _ in results], x, self.normalize)
+        variances = [var for _, var, _ in results]
         # A learned variance is an interpolation fraction, so overlapping regions' values are averaged.
         variance = None if variances[0] is None else self._place(variances, x, average=True)  # type: ignore[arg-type]
-        return self._evaluation(eps, variance, t)
+        return eps, variance
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Prompts
-# --------------------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def encode_prompts(tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str]) -> dict[str, Tensor]:
-    """{prompt: [L, D] embedding} for "" (the unconditional part) and ``prompts``, as the pipelines encode them:
-    padded to the tokenizer's ``model_max_length``, the encoder's last hidden state (T5 encoders, as DeepFloyd IF's,
-    also get the attention mask). Save the dict with ``torch.save`` to reuse it through ``embeddings:``."""
-    texts = list(dict.fromkeys(["", *prompts]))
-    tokens = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                       return_tensors="pt")
-    param = next(text_encoder.parameters())
-    config = getattr(text_encoder, "config", None)
-    kwargs = {}
-    if getattr(config, "model_type", None) == "t5" or getattr(config, "use_attention_mask", False):
-        kwargs["attention_mask"] = tokens.attention_mask.to(param.device)
-    hidden = text_encoder(tokens.input_ids.to(param.device), **kwargs)[0]
-    return {text: row.float().cpu() for text, row in zip(texts, hidden, strict=True)}
-
-
-def read_prompt_embeddings(path: Path, prompts: Sequence[str], key: str) -> dict[str, Tensor]:
-    """Prompt embeddings saved earlier: a dict {prompt: [L, D]} (as :func:`encode_prompts` returns), or a tensor
-    [k+1, L, D] whose rows are "" and then ``prompts`` in order of first appearance."""
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt embeddings file not found: {path} ({key}); write it with "
-                                "torch.save(lit_mcmc.pretrained.diffusers.encode_prompts(tokenizer, text_encoder, "
-                                "prompts), path), or remove the key to encode the prompts with the pipeline's "
-                                "text encoder")
-    saved = read_checkpoint(path, key)
-    texts = list(dict.fromkeys(["", *prompts]))
-    if isinstance(saved, Tensor):
-        if saved.dim() != 3 or saved.shape[0] != len(texts):
-            raise ValueError(f"{key}={str(path)!r} holds a tensor of shape {tuple(saved.shape)}; expected "
-                             f"[{len(texts)}, L, D]: the empty prompt, then {texts[1:]}")
-        return dict(zip(texts, saved.float(), strict=True))
-    if not isinstance(saved, dict):
-        raise ValueError(f"{key}={str(path)!r} holds a {type(saved).__name__}; expected a dict {{prompt: [L, D]}} "
-                         "or a tensor [k+1, L, D]")
-    missing = [text for text in texts if text not in saved]
-    if missing:
-        raise ValueError(f"{key}={str(path)!r} has no embedding for prompts {missing} (the empty prompt '' is the "
-                         "unconditional part and must be there too)")
-    return {text: saved[text].float() for text in texts}
-
-
-def prompt_group(table: Mapping[str, Tensor], prompts: Sequence[str], weights: Sequence[float]) -> PromptGroup:
-    """The group of "" plus ``prompts`` from a {prompt: [L, D]} table."""
-    return PromptGroup(torch.stack([table[text] for text in ["", *prompts]]), list(weights))
+def prompt_group(table: Mapping[str, PromptEncoding], prompts: Sequence[str], weights: Sequence[float]) -> PromptGroup:
+    """The group of "" plus ``prompts`` from a {text: encoding} table."""
+    rows = [table[text] for text in ["", *prompts]]
+    pooled = None if rows[0].pooled is None else torch.stack([row.pooled for row in rows])  # type: ignore[misc]
+    return PromptGroup(torch.stack([row.hidden for row in rows]), list(weights), pooled)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -312,6 +282,10 @@ class RegionSpec:
             raise ValueError(f"{key} has {len(prompts)} prompts but weights {weights}: give one number per prompt")
         return cls(raw["top"], raw["left"], raw["size"], list(prompts), [float(w) for w in weights])
 
+    def with_group(self, table: Mapping[str, PromptEncoding]) -> Region:
+        """The region with its prompt group, from a {prompt: embedding} table."""
+        return Region(self.top, self.left, self.size, prompt_group(table, self.prompts, self.weights))
+
     @staticmethod
     def _one_or_many(raw: Mapping[str, Any], one: str, many: str, key: str) -> list[Any]:
         if one in raw and many in raw:
@@ -324,3 +298,12 @@ class RegionSpec:
         return value
 
 
+def parse_regions(raw: Sequence[Any], canvas: Sequence[int] | None, key: str) -> list[RegionSpec]:
+    """A config's ``regions`` on its ``canvas``, checked and parsed: the one place regions are read from config
+    values (``key``, e.g. model.components.<name>, names them in errors). The UNet's resolution is checked later,
+    when the UNet is loaded."""
+    if canvas is None or len(canvas) != 2 or min(canvas) < 1:
+        raise ValueError(f"{key}.canvas must be [height, width] of the tapestry (positive), got {canvas}")
+    specs = [RegionSpec.parse(entry, f"{key}.regions[{i}]") for i, entry in enumerate(raw)]
+    region_coverage(specs, canvas, None)
+    return specs

@@ -12,11 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from lit_mcmc.diffusion import NoiseSchedule
-from lit_mcmc.targets import DensityTarget, Evaluation
+from lit_mcmc.targets import ScoreModelTarget
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-REGION_KEYS = ("top", "left", "size", "prompt", "prompts", "weight", "weights")
 # Zero-terminal-SNR schedules (``rescale_betas_zero_snr``) end with β = 1, i.e. ᾱ = 0, where the score −ε̂/σ_t
 # still exists but x_t holds no signal and the reverse step divides by √α = 0: cap β as guided-diffusion does.
 MAX_BETA = 0.999
@@ -110,18 +109,17 @@ class UNetPredictor:
         alpha_bar = float(self.schedule.alphas_cumprod[t])
         return epsilon_from_output(output, x, alpha_bar, self.prediction_type), variance
 
-    def score(self, eps: Tensor, t: int) -> Tensor:
-        """−ε̂/σ_t."""
-        return -eps / float(self.schedule.marginal_std[t])
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Targets
 # --------------------------------------------------------------------------------------------------------------
 
 
-class DiffusersTarget(DensityTarget):
+class DiffusersTarget(ScoreModelTarget):
     """A diffusers UNet with fixed conditioning as a Target: score = −ε̂(x, t)/σ_t (its log-density is unknown).
+
+    A :class:`~lit_mcmc.targets.ScoreModelTarget` whose ε call is the UNet's (any prediction type turned into ε̂,
+    a learned variance told by the output's channel count); everything else is the base class's.
 
     Args:
         unet: a diffusers ``UNet2DModel``/``UNet2DConditionModel`` (or anything called as
@@ -132,14 +130,13 @@ class DiffusersTarget(DensityTarget):
             ``added_cond_kwargs``, …); a tensor with batch 1 is shared by the batch, one with batch B is per sample.
     """
 
-    has_log_prob = False
     # Class labels that predict runs give sample i: label_cycle[i % len] (set from a config's ``class_labels``).
     label_cycle: list[int] | None = None
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction_type: str = "epsilon",
                  **conditioning: Any) -> None:
+        super().__init__(unet, schedule)
         self.predictor = UNetPredictor(unet, schedule, prediction_type)
-        self.schedule = schedule  # ReconstructionGuidance forms x̂₀ with it
         self.conditioning = conditioning
 
     def with_labels(self, labels: Tensor) -> DiffusersTarget:
@@ -148,18 +145,7 @@ class DiffusersTarget(DensityTarget):
         labelled.conditioning = {**self.conditioning, "class_labels": labels}
         return labelled
 
-    def _eps(self, x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
+    def _network(self, x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
         batch = x.shape[0]
         conditioning = {key: broadcast_batch(value, batch, key) for key, value in self.conditioning.items()}
         return self.predictor(x, t, conditioning)
-
-    def score_and_log_prob(self, x: Tensor, t: int, with_log_prob: bool) -> tuple[Tensor, None]:
-        return self.predictor.score(self._eps(x, t)[0], t), None
-
-    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
-        if with_log_prob:
-            self.require_log_prob("with_log_prob=True")
-        eps, variance = self._eps(x, t)
-        score = self.predictor.score(eps, t)
-        return Evaluation(score, score, x.new_zeros(x.shape[0]), None, variance)
-
