@@ -1,9 +1,11 @@
-"""Running ``lit-mcmc`` subprocesses for the experiment drivers: jobs side by side, resumable, with their CPU time."""
+"""The experiment drivers' skeleton: ``lit-mcmc`` runs side by side, resumable, with their CPU time; the timed
+phases of an experiment; its ``table.md`` and ``results.json``."""
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import shlex
 import signal
@@ -15,9 +17,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 @dataclass
@@ -137,6 +140,54 @@ def run_phases(phases: dict[str, Sequence[Job]], n_workers: int) -> tuple[dict[s
         seconds[phase], cpu_seconds[phase] = time.perf_counter() - start, sum(ran)
         reused += len(jobs) - len(ran)
     return seconds, cpu_seconds, reused
+
+
+@dataclass
+class Timings:
+    """How long an experiment took: wall seconds per phase (its run phases, ``evaluate`` and ``total``), the CPU
+    seconds of the ``lit-mcmc`` runs per phase, how many runs were reused from an earlier invocation, and on how
+    many parallel jobs."""
+
+    seconds: dict[str, float]
+    cpu_seconds: dict[str, float]
+    reused: int
+    jobs: int
+
+    def summary(self) -> str:
+        """The caption's last sentence: the machine, the wall time per phase (with the runs' CPU time)."""
+        cpu = {name: f" (CPU {value:.0f} s)" for name, value in self.cpu_seconds.items()}
+        phases = ", ".join(f"{name} {value:.0f} s{cpu.get(name, '')}" for name, value in self.seconds.items()
+                           if name != "total")
+        return (f"Machine: nproc = {len(os.sched_getaffinity(0))}, {self.jobs} parallel jobs; total wall time "
+                f"{self.seconds['total']:.0f} s ({phases})"
+                + (f"; {self.reused} lit-mcmc runs reused from an earlier invocation are not timed." if self.reused
+                   else "."))
+
+    def record(self) -> dict[str, Any]:
+        """The timing entries of ``results.json``."""
+        return {"nproc": len(os.sched_getaffinity(0)), "jobs": self.jobs, "seconds": self.seconds,
+                "cpu_seconds_of_runs": self.cpu_seconds, "reused_runs": self.reused}
+
+
+def run_experiment(phases: dict[str, Sequence[Job]], n_workers: int, evaluate: Callable[[], T]) -> tuple[T, Timings]:
+    """Runs the phases' jobs (:func:`run_phases`), then ``evaluate()`` on their outputs; returns its result and the
+    timings."""
+    start = time.perf_counter()
+    seconds, cpu_seconds, reused = run_phases(phases, n_workers)
+    evaluate_start = time.perf_counter()
+    result = evaluate()
+    seconds["evaluate"] = time.perf_counter() - evaluate_start
+    seconds["total"] = time.perf_counter() - start
+    return result, Timings(seconds, cpu_seconds, reused, n_workers)
+
+
+def write_results(out: Path, text: str, results: dict[str, Any], timings: Timings) -> str:
+    """Writes ``out/table.md`` (``text``: the caption and the table) and ``out/results.json`` (``results`` with the
+    timings), prints the text and returns it."""
+    (out / "table.md").write_text(text)
+    (out / "results.json").write_text(json.dumps({**results, **timings.record()}, indent=2))
+    print(text)
+    return text
 
 
 def evaluations_per_level(sampler: dict[str, Any]) -> int:

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import yaml
 from lit_mcmc.experiments.jobs import (
     REPO,
     Job,
+    Timings,
     check_jobs,
     cli_command,
     driver_arguments,
@@ -40,7 +39,8 @@ from lit_mcmc.experiments.jobs import (
     fit_done,
     markdown_table,
     predict_done,
-    run_phases,
+    run_experiment,
+    write_results,
 )
 
 CONFIGS = REPO / "configs" / "mnist"
@@ -272,19 +272,14 @@ def settings(out: Path, preset: Preset) -> dict[str, Any]:
     }
 
 
-def caption(preset_name: str, setup: dict[str, Any], n_jobs: int, seconds: dict[str, float],
-            cpu_seconds: dict[str, float], reused: int) -> str:
+def caption(preset_name: str, setup: dict[str, Any], timings: Timings) -> str:
     steps = ", ".join(f"{m} {s}" for m, s in setup["training_steps"].items())
-    phases = ", ".join(f"{name} {value:.0f} s (CPU {cpu_seconds[name]:.0f} s)" for name, value in seconds.items()
-                       if name in cpu_seconds)
     return (f"MNIST, classifier guidance λ = {setup['guidance_scale']:g}, preset `{preset_name}`: UNets of width "
             f"{setup['unet_ch']} trained for {steps} steps; sampling on {setup['levels']} of the T = {setup['T']} "
             f"training levels. Accuracy = fraction of samples whose evaluation classifier gives the guided digit "
             f"p > 0.5 (the papers' measure); FID in that classifier's pooled features against the 10 000 t10k "
             f"digits; accept = mean MH acceptance ('{DASH}': unadjusted); NFE = guided target evaluations per "
-            f"sample; sampling s = CPU-thread time spent sampling the row. Machine: nproc = "
-            f"{len(os.sched_getaffinity(0))}, {n_jobs} parallel jobs; total wall time {seconds['total']:.0f} s "
-            f"({phases})" + (f"; {reused} runs reused from an earlier invocation are not timed." if reused else "."))
+            f"sample; sampling s = CPU-thread time spent sampling the row. " + timings.summary())
 
 
 def plot_grid(out: Path, rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -328,28 +323,23 @@ def main(argv: Sequence[str] | None = None) -> str:
     out = (args.out or Path(CONFIG_ROOT if args.preset == "demo" else f"{CONFIG_ROOT}_{args.preset}")).resolve()
     runs = preset_rows(preset)
     models = [m for m in MODELS if m.endswith("classifier") or any(row_model(r.stem) == m for r in runs)]
-    start = time.perf_counter()
-    seconds, cpu_seconds, reused = run_phases({"train": [fit_job(out, m, preset) for m in models],
-                                               "sample": [predict_job(out, r, preset) for r in runs]}, args.jobs)
-    evaluate_start = time.perf_counter()
-    rows = [read_row(out, r) for r in runs]
-    rows.append(real_digits_row(out, rows[0]["n_samples"]))
-    plot_grid(out, rows[:-1], out / "grid.png")
-    seconds["evaluate"] = time.perf_counter() - evaluate_start
-    seconds["total"] = time.perf_counter() - start
+    phases = {"train": [fit_job(out, m, preset) for m in models], "sample": [predict_job(out, r, preset) for r in runs]}
+
+    def evaluate() -> list[dict[str, Any]]:
+        rows = [read_row(out, r) for r in runs]
+        rows.append(real_digits_row(out, rows[0]["n_samples"]))
+        plot_grid(out, rows[:-1], out / "grid.png")
+        return rows
+
+    rows, timings = run_experiment(phases, args.jobs, evaluate)
     setup = settings(out, preset)
     body = table(rows) if preset.seeds is None else (
         f"Sampling seeds {list(preset.seeds)} per row (mean ± population std over seeds; particles: Feynman–Kac "
         f"weights, groups of {SMC_GROUP} samples guided to one digit, ESS threshold 0.5, final resampling):\n\n"
         + trials_table(rows))
-    text = caption(args.preset, setup, args.jobs, seconds, cpu_seconds, reused) + "\n\n" + body + "\n"
-    (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(
-        {"preset": args.preset, "changes": asdict(preset), "settings": setup, "jobs": args.jobs,
-         "nproc": len(os.sched_getaffinity(0)), "seconds": seconds, "cpu_seconds_of_runs": cpu_seconds,
-         "reused_runs": reused, "rows": rows}, indent=2))
-    print(text)
-    return text
+    text = caption(args.preset, setup, timings) + "\n\n" + body + "\n"
+    return write_results(out, text, {"preset": args.preset, "changes": asdict(preset), "settings": setup,
+                                     "rows": rows}, timings)
 
 
 if __name__ == "__main__":

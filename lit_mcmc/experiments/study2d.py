@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,7 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from lit_mcmc.experiments.jobs import Job, cli_command, evaluations_per_level, markdown_table, predict_done, run_phases
+from lit_mcmc.experiments.jobs import (
+    Job,
+    cli_command,
+    evaluations_per_level,
+    markdown_table,
+    predict_done,
+    run_experiment,
+    write_results,
+)
 from lit_mcmc.experiments.toy2d import (
     CONFIGS,
     EVALUATION_COST,
@@ -250,15 +256,15 @@ def run_study(args: argparse.Namespace) -> str:
     preset = PRESETS[args.preset]
     out = (args.out or Path("runs") / args.preset).resolve()
     n_samples = preset.n_samples
-    start = time.perf_counter()
-    seconds, cpu_seconds, reused = run_phases(study_phases(out, args.trials, preset, study_rows), args.jobs)
-    rows = collect_study(out, args.trials, n_samples, study_rows)  # type: ignore[arg-type]
-    plot_figure(out, rows, exact_product_sets(n_samples, 0)[0], out / "figure.png")  # type: ignore[arg-type]
-    if not particles:
-        plot_steps(out, out / "steps.png")
-    seconds["total"] = time.perf_counter() - start
-    phases = ", ".join(f"{name} {value:.0f} s (CPU {cpu_seconds.get(name, 0):.0f} s)"
-                       for name, value in seconds.items() if name != "total")
+
+    def evaluate() -> list[dict[str, Any]]:
+        rows = collect_study(out, args.trials, n_samples, study_rows)  # type: ignore[arg-type]
+        plot_figure(out, rows, exact_product_sets(n_samples, 0)[0], out / "figure.png")  # type: ignore[arg-type]
+        if not particles:
+            plot_steps(out, out / "steps.png")
+        return rows
+
+    rows, timings = run_experiment(study_phases(out, args.trials, preset, study_rows), args.jobs, evaluate)
     about = (f"SMC rows: exact or Feynman–Kac (FK) weights, groups of {SMC_GROUP}, ESS threshold 0.5, final "
              "resampling; equal NFE with and without (ESS: the mean over levels and groups before resampling). "
              if particles else
@@ -267,17 +273,11 @@ def run_study(args: argparse.Namespace) -> str:
              "mean). ")
     text = (f"2D {'particle ' if particles else ''}study (product GMM × bar), {args.trials} trial(s), mean ± "
             f"population std. Budget: {preset.reductions()}; {about}Outside bar: the share of samples with "
-            f"|x| >= 0.2. Machine: nproc = {len(os.sched_getaffinity(0))}, "
-            f"{args.jobs} parallel jobs; total wall time {seconds['total']:.0f} s ({phases})"
-            + (f"; {reused} runs reused from an earlier invocation." if reused else ".") + "\n\n"
-            + study_table(rows, particles) + "\n")
-    (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(
-        {"preset": args.preset, "settings": {f.name: getattr(preset, f.name) for f in fields(preset)},
-         "tuning": list(TUNING), "trials": args.trials, "n_samples": n_samples, "jobs": args.jobs,
-         "seconds": seconds, "cpu_seconds_of_runs": cpu_seconds, "reused_runs": reused, "rows": rows}, indent=2))
-    print(text)
-    return text
+            f"|x| >= 0.2. {timings.summary()}\n\n" + study_table(rows, particles) + "\n")
+    return write_results(out, text, {"preset": args.preset,
+                                     "settings": {f.name: getattr(preset, f.name) for f in fields(preset)},
+                                     "tuning": list(TUNING), "trials": args.trials, "n_samples": n_samples,
+                                     "rows": rows}, timings)
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -40,10 +40,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -56,6 +54,7 @@ import yaml
 from lit_mcmc.experiments.jobs import (
     REPO,
     Job,
+    Timings,
     check_jobs,
     cli_command,
     driver_arguments,
@@ -63,7 +62,8 @@ from lit_mcmc.experiments.jobs import (
     fit_done,
     markdown_table,
     predict_done,
-    run_phases,
+    run_experiment,
+    write_results,
 )
 
 CONFIGS = REPO / "configs" / "toy2d"
@@ -299,20 +299,15 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
     return text
 
 
-def caption(preset_name: str, preset: Preset, trials: int, n_workers: int, n_samples: int,
-            seconds: dict[str, float], cpu_seconds: dict[str, float], reused: int) -> str:
+def caption(preset_name: str, preset: Preset, trials: int, n_samples: int, timings: Timings) -> str:
     """What the table shows and how it was made: preset, trials, reductions, machine, wall (and CPU) times."""
-    cpu = {name: f" (CPU {value:.0f} s)" for name, value in cpu_seconds.items()}
-    phases = ", ".join(f"{name} {value:.0f} s{cpu.get(name, '')}" for name, value in seconds.items() if name != "total")
     spread = ", mean ± population std" if trials > 1 else ""
     return (f"2D product GMM × bar (Table 1), preset `{preset_name}`, {trials} trial(s){spread}. "
             f"Reductions vs the paper: {preset.reductions()}. Metrics vs {n_samples} exact product samples "
             f"(correct formulas, not paper_compat); accept = mean MH acceptance ('{DASH}' for unadjusted samplers); "
             f"NFE = target evaluations per sample; wall s = sampling time of the predict run (one thread). W2 follows "
             f"how many samples fall in each mode: two exact sets of this size differ by ~0.05-0.15 already. "
-            f"Machine: nproc = {len(os.sched_getaffinity(0))}, {n_workers} parallel jobs; "
-            f"total wall time {seconds['total']:.0f} s ({phases})"
-            + (f"; {reused} lit-mcmc runs reused from an earlier invocation are not timed." if reused else "."))
+            + timings.summary())
 
 
 def plot_figure(out: Path, rows: Sequence[dict[str, Any]], reference: np.ndarray, path: Path) -> None:
@@ -369,24 +364,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     n_samples = preset.n_samples or config_value(load_config(PAPER_PREDICT_CONFIG), PREDICT_KEYS["n_samples"])
     phases = {"train": [fit_job(out, k, m, preset) for k in range(args.trials) for m in trained_models(stems)],
               "sample": [predict_job(out, k, s, preset) for k in range(args.trials) for s in stems]}
-    start = time.perf_counter()
-    seconds, cpu_seconds, reused = run_phases(phases, args.jobs)
-    evaluate_start = time.perf_counter()
-    rows = collect(out, stems, args.trials, n_samples)
-    plot_figure(out, rows, exact_product_sets(n_samples, 0)[0], out / "figure.png")
-    seconds["evaluate"] = time.perf_counter() - evaluate_start
-    seconds["total"] = time.perf_counter() - start
-    text = (caption(args.preset, preset, args.trials, args.jobs, n_samples, seconds, cpu_seconds, reused) + "\n\n"
-            + tables(rows) + "\n")
-    (out / "table.md").write_text(text)
-    (out / "results.json").write_text(json.dumps(
-        {"preset": args.preset, "settings": {f.name: getattr(preset, f.name) for f in fields(preset)},
-         "reductions": preset.reductions(), "trials": args.trials, "n_samples": n_samples,
-         "nproc": len(os.sched_getaffinity(0)), "jobs": args.jobs, "seconds": seconds,
-         "cpu_seconds_of_runs": cpu_seconds, "reused_runs": reused,
-         "rows": rows}, indent=2))
-    print(text)
-    return text
+
+    def evaluate() -> list[dict[str, Any]]:
+        rows = collect(out, stems, args.trials, n_samples)
+        plot_figure(out, rows, exact_product_sets(n_samples, 0)[0], out / "figure.png")
+        return rows
+
+    rows, timings = run_experiment(phases, args.jobs, evaluate)
+    text = caption(args.preset, preset, args.trials, n_samples, timings) + "\n\n" + tables(rows) + "\n"
+    return write_results(out, text, {"preset": args.preset,
+                                     "settings": {f.name: getattr(preset, f.name) for f in fields(preset)},
+                                     "reductions": preset.reductions(), "trials": args.trials,
+                                     "n_samples": n_samples, "rows": rows}, timings)
 
 
 if __name__ == "__main__":
