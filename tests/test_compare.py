@@ -1,4 +1,5 @@
-"""The run comparison table: run discovery, HPARAMS' columns, shared settings, missing values, sorting, formats."""
+"""The run comparison table: run discovery, HPARAMS' columns, shared settings, missing values, sorting, formats,
+seeds as trials and differences to a baseline."""
 
 from __future__ import annotations
 
@@ -133,3 +134,100 @@ def test_runs_as_a_module(runs: Path) -> None:
                             capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[2].startswith("| ula | U-LA | 5 | 0.01 | 0.5 | ula |")
+
+
+# ----- seeds as trials -------------------------------------------------------------------------------------------
+
+HMC = SamplerConfig(kernel="hmc", n_steps=10, step_size=0.03, correction="curve", n_leapfrog=3, damping=0.5)
+
+
+def write_trial(path: Path, seed: int, metrics: dict[str, float], sampler: SamplerConfig = HMC, n_samples: int = 100,
+                checkpoint_sha: str = "aaa", run_json: bool = True) -> None:
+    """A finished run: stats.json (its seed among the hparams), metrics.json, and run.json as predict writes it."""
+    path.mkdir(parents=True)
+    stats = {"sampler": sampler.name, "hparams": {**sampler.hparams(), "seed": seed}, "n_samples": n_samples}
+    (path / "stats.json").write_text(json.dumps(stats))
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    if run_json:
+        settings = {"model.seed": seed, "model.sampler.kernel": sampler.kernel,
+                    "model.sampler.step_size": sampler.step_size, "model.components.diffusion.checkpoint": None}
+        record = {"format": "lit_mcmc.run/1", "n_samples": n_samples, "settings": settings,
+                  "files": {"model.components.diffusion.checkpoint": {"size": 10, "sha256": checkpoint_sha}},
+                  "locations": {"model.components.diffusion.checkpoint": f"/somewhere/{path.name}.ckpt"}}
+        (path / "run.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def trial_runs(tmp_path: Path) -> Path:
+    root = tmp_path / "trials"
+    for seed, fid in enumerate([1.0, 2.0, 3.0]):
+        write_trial(root / f"hmc_seed{seed}", seed, {"fid": fid, "r3_accuracy": 0.9})
+    for seed, fid in enumerate([5.0, 6.0, 7.0]):  # another step size: another configuration
+        write_trial(root / f"hmc_small_seed{seed}", seed, {"fid": fid, "r3_accuracy": 0.8},
+                    sampler=SamplerConfig(kernel="hmc", n_steps=10, step_size=0.01, correction="curve",
+                                          n_leapfrog=3, damping=0.5))
+    write_trial(root / "hmc_other_model_seed0", 0, {"fid": 2.0}, checkpoint_sha="bbb")  # another checkpoint file
+    write_trial(root / "hmc_more_samples_seed1", 1, {"fid": 2.0}, n_samples=200)
+    write_trial(root / "hmc_old_seed1", 1, {"fid": 2.0}, run_json=False)  # no run.json: nothing to compare
+    return root
+
+
+def test_runs_that_differ_only_in_seed_are_one_row(trial_runs: Path) -> None:
+    table = comparison(find_runs([str(trial_runs)]))
+    assert sorted(row["run"] for row in table.rows) == [
+        "hmc_more_samples_seed1", "hmc_old_seed1", "hmc_other_model_seed0", "hmc_seed{0,1,2}",
+        "hmc_small_seed{0,1,2}"]
+    grouped = {row["run"]: row for row in table.rows}
+    assert grouped["hmc_seed{0,1,2}"]["_runs"] == ["hmc_seed0", "hmc_seed1", "hmc_seed2"]
+    assert grouped["hmc_seed{0,1,2}"]["fid"] == 2.0 and grouped["hmc_seed{0,1,2}"]["seed"] == "0,1,2"
+    assert grouped["hmc_small_seed{0,1,2}"]["_trials"]["fid"] == [5.0, 6.0, 7.0]
+    lines = {line.split(" | ")[0][2:]: line for line in to_markdown(table).splitlines() if line.startswith("| hmc")}
+    assert "| 2 ± 1 (n=3) |" in lines["hmc_seed{0,1,2}"] and "| 0.9 ± 0 (n=3) |" in lines["hmc_seed{0,1,2}"]
+    assert "| 2 |" in lines["hmc_old_seed1"]
+
+
+def test_ungrouped_lists_every_run(trial_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = comparison(find_runs([str(trial_runs)]), group=False)
+    assert len(table.rows) == 9 and {row["run"] for row in table.rows} >= {"hmc_seed0", "hmc_seed1", "hmc_seed2"}
+    main([str(trial_runs), "--ungrouped"])
+    assert "| hmc_seed1 |" in capsys.readouterr().out
+
+
+def test_baseline_marks_differences_beyond_two_welch_standard_errors(trial_runs: Path, tmp_path: Path) -> None:
+    write_trial(trial_runs / "hmc_near_seed0", 0, {"fid": 2.5, "r3_accuracy": 0.9}, n_samples=300)
+    for seed, fid in enumerate([2.6, 3.2, 4.4]):
+        write_trial(trial_runs / "hmc_mid_seed" / str(seed), seed, {"fid": fid}, n_samples=400)
+    table = comparison(find_runs([str(trial_runs)]), baseline="hmc_seed0")  # a member names its group
+    assert table.baseline == "hmc_seed{0,1,2}"
+    rows = {row["run"]: row for row in table.rows}
+    far = rows["hmc_small_seed{0,1,2}"]["_diff"]["fid"]  # 6 − 2 = 4, se √(1/3 + 1/3) = 0.816
+    assert (far.diff, far.se, far.significant) == pytest.approx((4.0, (2 / 3) ** 0.5, True))
+    mid = rows["hmc_mid_seed/{0,1,2}"]["_diff"]["fid"]  # 3.4 − 2 = 1.4 < 2·√(0.84/3 + 1/3) = 1.57
+    assert mid.significant is False and mid.diff == pytest.approx(1.4)
+    assert rows["hmc_near_seed0"]["_diff"]["fid"].significant is None  # one run, no fid_se: nothing to say
+    assert "_diff" not in rows["hmc_seed{0,1,2}"]
+    text = to_markdown(table)
+    assert "| hmc_seed{0,1,2} (baseline) |" in text and "6 ± 1 (n=3), Δ+4* |" in text
+    assert "3.4 ± 0.9165 (n=3), Δ+1.4 |" in text and "2.5, Δ+0.5? |" in text
+    assert "Δ: difference to hmc_seed{0,1,2}; *: larger than 2 standard errors" in text
+    with pytest.raises(ValueError, match=r"--baseline 'hmc_s' matches 2 rows; give one of"):
+        comparison(find_runs([str(trial_runs)]), baseline="hmc_s")
+
+
+def test_a_single_runs_own_standard_error_is_shown_and_used(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    write_trial(tmp_path / "a", 0, {"fid": 9.0, "fid_se": 0.2, "fid_low": 8.6, "fid_high": 9.4})
+    write_trial(tmp_path / "b", 0, {"fid": 10.0, "fid_se": 0.5}, sampler=SamplerConfig(kernel="reverse"))
+    write_trial(tmp_path / "c", 0, {"fid": 10.2, "fid_se": 0.5}, sampler=SamplerConfig(kernel="ula", n_steps=2,
+                                                                                         step_size=0.1))
+    table = comparison(find_runs([str(tmp_path)]), baseline="a")
+    assert [column.key for column in table.columns].count("fid") == 1 and "fid_se" not in table.keys
+    rows = {row["run"]: row for row in table.rows}
+    assert rows["b"]["_diff"]["fid"].significant is False  # 1.0 < 2·√(0.04 + 0.25) = 1.077
+    assert rows["c"]["_diff"]["fid"].significant is True  # 1.2 > 1.077
+    assert "| 9 ± 0.2 (s.e.) |" in to_markdown(table)
+    main([str(tmp_path), "--baseline", "a", "--format", "csv"])
+    csv_rows = {row["run"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert float(csv_rows["c"]["fid_diff"]) == pytest.approx(1.2)
+    assert csv_rows["c"]["fid_significant"] == "True" and csv_rows["a"]["fid_se"] == "0.2"
+    assert csv_rows["a"]["fid_n"] == "1" and csv_rows["a"]["fid_diff"] == ""
