@@ -412,7 +412,8 @@ def test_prompt_composition_kinds_need_a_diffusers_part_with_prompts(pipelines: 
 # ----- the configs, end to end on CPU ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["sample_sd15_prompt_product_hmc", "sample_if_tapestry_la"])
+@pytest.mark.parametrize("name", ["sample_sd15_prompt_product_hmc", "sample_if_tapestry_la",
+                                  "sample_sdxl_prompt_product_hmc"])
 def test_configs_parse(name: str, capsys, restore_environ):
     from lit_mcmc.cli import main
 

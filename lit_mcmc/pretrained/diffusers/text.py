@@ -39,9 +39,15 @@ class PromptEncoding:
     pooled: Tensor | None = None
 
 
+def components(index: Mapping[str, Any]) -> list[str]:
+    """The components a ``model_index.json`` lists (entries ``name: [library, class]``; other entries, such as
+    SDXL's ``force_zeros_for_empty_prompt``, are the pipeline's own settings)."""
+    return [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
+
+
 def text_parts(index: Mapping[str, Any]) -> list[str]:
     """The tokenizers and text encoders a ``model_index.json`` lists (tokenizer, text_encoder_2, …)."""
-    return [name for name in index if not name.startswith("_") and name.startswith(TEXT_PARTS)]
+    return [name for name in components(index) if name.startswith(TEXT_PARTS)]
 
 
 def load_text_pipeline(folder: Path, key: str, torch_dtype: str | None = None, variant: str | None = None) -> Any:
@@ -71,7 +77,7 @@ def load_text_pipeline(folder: Path, key: str, torch_dtype: str | None = None, v
             check_tokenizer_packages(folder / part, key)
         else:
             refuse_pickled_weights(folder / part, key)
-    skipped = {part: None for part in index if not part.startswith("_") and part not in parts}
+    skipped = {part: None for part in components(index) if part not in parts}
     encoders = [folder / part for part in parts if part.startswith("text_encoder")]
     use_safetensors = True if encoders and all(has_safetensors(f) for f in encoders) else None
     dtype = TORCH_DTYPES[torch_dtype] if torch_dtype is not None else None
@@ -104,7 +110,7 @@ def encode_with_pipeline(folder: Path, prompts: Sequence[str], key: str = "path"
     pipeline = load_text_pipeline(folder, key, torch_dtype, variant)
     texts = list(dict.fromkeys(prompts))
     arguments = {**pipeline_defaults(pipeline), **overrides}
-    outputs = pipeline.encode_prompt(prompt=texts, device=torch.device("cpu"), num_images_per_prompt=1,
+    outputs = pipeline.encode_prompt(prompt=texts or [""], device=torch.device("cpu"), num_images_per_prompt=1,
                                      do_classifier_free_guidance=True, negative_prompt=None, **arguments)
     if not isinstance(outputs, tuple) or len(outputs) not in (2, 4):
         raise ValueError(f"{type(pipeline).__name__}.encode_prompt returns {type(outputs).__name__} of "
