@@ -38,7 +38,7 @@ from lit_mcmc.samplers.adaptation import (
     tune_step_sizes,
     tuning_indices,
 )
-from lit_mcmc.samplers.kernels import ChainInfo
+from lit_mcmc.samplers.chain import ChainInfo
 from lit_mcmc.samplers.particles import ParticleInfo, ResampleConfig
 from lit_mcmc.samplers.schedules import StepTable
 from lit_mcmc.targets import Target

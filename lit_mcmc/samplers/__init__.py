@@ -1,6 +1,7 @@
 """MCMC kernels, MH-correction strategies and the annealed driver."""
 
 from lit_mcmc.samplers.annealed import AnnealedSampler, LevelPlan
+from lit_mcmc.samplers.chain import ChainInfo, ChainState, StepInfo
 from lit_mcmc.samplers.config import SamplerConfig
 from lit_mcmc.samplers.corrections import (
     Correction,
@@ -14,12 +15,9 @@ from lit_mcmc.samplers.kernels import (
     MALA,
     UHMC,
     ULA,
-    ChainInfo,
-    ChainState,
     HamiltonianKernel,
     Kernel,
     LangevinKernel,
-    StepInfo,
 )
 from lit_mcmc.samplers.random import PerSampleRandom, RandomStream, TorchRandom, as_random_stream
 from lit_mcmc.samplers.schedules import BetaPower

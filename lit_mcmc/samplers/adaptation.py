@@ -26,8 +26,8 @@ from torch import Tensor
 
 from lit_mcmc.data.shards import atomic_write_json
 from lit_mcmc.samplers.annealed import AnnealedSampler
+from lit_mcmc.samplers.chain import ChainInfo, ChainState
 from lit_mcmc.samplers.config import SamplerConfig
-from lit_mcmc.samplers.kernels import ChainInfo, ChainState
 from lit_mcmc.samplers.random import PerSampleRandom, RandomStream
 from lit_mcmc.samplers.schedules import LevelValue, StepTable, value_at
 from lit_mcmc.targets import Evaluation, Target
