@@ -8,7 +8,7 @@ Plain numpy, no Lightning. What a metric callback or a results table needs:
 - :func:`proportion`: the analytic standard error of a fraction of hits (accuracies, precision, recall);
 - :func:`trials`: mean, sample std, n and standard error of one metric over trials (seeds);
 - :func:`difference`: a difference to a baseline and whether it exceeds two standard errors of the difference
-  (Welch: the standard errors of the two sides add in quadrature);
+  (Welch: the standard errors of the two sides add in quadrature); :func:`welch` and :func:`paired` of trials;
 - :func:`marked_cells`: a results table's cells "mean ± std" over trials, marked where a row differs from a
   baseline row by more than two standard errors (Welch across trials).
 
@@ -158,23 +158,38 @@ def welch(values: Sequence[float], baseline_values: Sequence[float], n_se: float
     return difference(a.mean, a.se, b.mean, b.se, n_se)
 
 
-def mean_std_text(values: Sequence[float], fmt: str = "%.4g") -> str:
-    """'1.23' for one value, '1.23 ± 0.04' for several (sample std, ddof=1); a non-finite mean alone."""
+def mean_std_text(values: Sequence[float], fmt: str = "%.4g", ddof: int = 1) -> str:
+    """'1.23' for one value, '1.23 ± 0.04' for several (sample std, ``ddof=1``; 0 for the population std); a
+    non-finite mean alone."""
     summary = trials(values)
     if summary.n == 1 or not math.isfinite(summary.mean):
         return fmt % summary.mean
-    return f"{fmt % summary.mean} ± {fmt % summary.std}"
+    std = summary.std if ddof == 1 else float(np.std(np.asarray(values, dtype=np.float64), ddof=ddof))
+    return f"{fmt % summary.mean} ± {fmt % std}"
+
+
+def paired(values: Sequence[float], baseline_values: Sequence[float], n_se: float = 2.0) -> Difference:
+    """:func:`difference` of trials paired by index (trial k of both rows shares its trained models or data): the
+    mean of the per-trial differences and its standard error std(differences)/√n."""
+    if len(values) != len(baseline_values):
+        raise ValueError(f"paired trials need as many values as the baseline, got {len(values)} and "
+                         f"{len(baseline_values)}")
+    differences = trials(np.asarray(values, dtype=np.float64) - np.asarray(baseline_values, dtype=np.float64))
+    return difference(differences.mean, differences.se, 0.0, 0.0, n_se)
 
 
 MARK = "*"
 
 
 def marked_cells(rows: Mapping[str, Sequence[float]], baseline: str, fmt: str = "%.4g", n_se: float = 2.0,
-                 show_difference: bool = False) -> dict[str, str]:
+                 show_difference: bool = False, pair_trials: bool = False, ddof: int = 1) -> dict[str, str]:
     """Table cells of one metric: for every row its trials' "mean ± std", with ``*`` appended where the row's mean
-    differs from the ``baseline`` row's by more than ``n_se`` Welch standard errors (and, with ``show_difference``,
-    the difference: "3.40 ± 0.02 (−0.08*)"). The baseline's own cell is unmarked; rows with one trial, or
-    non-finite values, are never marked (no standard error). ``std`` is the sample std (ddof=1).
+    differs from the ``baseline`` row's by more than ``n_se`` standard errors of the difference (and, with
+    ``show_difference``, the difference: "3.40 ± 0.02 (−0.08*)"). The standard error is Welch's across trials
+    (:func:`welch`), or with ``pair_trials`` that of the per-trial differences (:func:`paired`: trial k of every
+    row used the same trained models, as in the 2D study; pairing removes the models' share of the spread). The
+    baseline's own cell is unmarked; rows with one trial, or non-finite values, are never marked (no standard
+    error). ``ddof`` only sets the std shown (1: sample std; 0: population std, as the 2D tables print it).
 
     Call, per metric column of a study table with ``rows = {row_key: [value of trial 0, 1, ...]}``:
     ``cells = marked_cells({r["key"]: [t["w2"] for t in r["trials"]] for r in rows}, baseline="exact", fmt="%.3f")``
@@ -189,9 +204,9 @@ def marked_cells(rows: Mapping[str, Sequence[float]], baseline: str, fmt: str = 
         if not values:
             cells[key] = "–"
             continue
-        text = mean_std_text(values, fmt)
+        text = mean_std_text(values, fmt, ddof)
         if key != baseline and len(values) > 1 and len(base) > 1:
-            test = welch(values, base, n_se)
+            test = paired(values, base, n_se) if pair_trials else welch(values, base, n_se)
             mark = MARK if test.significant else ""
             if show_difference and math.isfinite(test.diff):
                 text += f" ({'+' if test.diff >= 0 else '−'}{fmt % abs(test.diff)}{mark})"

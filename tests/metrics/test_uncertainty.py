@@ -13,6 +13,7 @@ from lit_mcmc.metrics.uncertainty import (
     bootstrap,
     difference,
     marked_cells,
+    paired,
     proportion,
     trials,
     welch,
@@ -92,6 +93,22 @@ def test_marked_cells_mark_rows_that_differ_from_the_baseline_by_two_welch_stand
     assert shown["far"] == "3.31 ± 0.01 (−0.17*)" and shown["near"] == "3.48 ± 0.02 (−0.00)"
     with pytest.raises(ValueError, match="baseline row 'reverse' is not one of the rows"):
         marked_cells(rows, baseline="reverse")
+    assert marked_cells(rows, baseline="exact", fmt="%.3f", ddof=0)["near"] == "3.477 ± 0.017"  # population std
+
+
+def test_paired_trials_remove_the_spread_the_rows_share() -> None:
+    # each trial shifts both rows alike (its own trained models): unpaired, the 0.05 gap drowns in that spread
+    shared = [0.0, 0.4, -0.3, 0.2]
+    base = [3.0 + s for s in shared]
+    better = [3.05 + s + e for s, e in zip(shared, [0.01, -0.01, 0.0, 0.005], strict=True)]
+    rows = {"base": base, "better": better}
+    assert marked_cells(rows, "base", fmt="%.2f")["better"] == "3.13 ± 0.29"
+    assert marked_cells(rows, "base", fmt="%.2f", pair_trials=True)["better"] == "3.13 ± 0.29*"
+    test = paired(better, base)
+    assert test.diff == pytest.approx(0.05125) and test.se == pytest.approx(np.std(
+        np.subtract(better, base), ddof=1) / 2)
+    with pytest.raises(ValueError, match="paired trials need as many values as the baseline, got 2 and 4"):
+        paired([1.0, 2.0], base)
 
 
 def test_estimate_is_a_plain_record() -> None:
