@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from lit_mcmc.assets import shared_path
-from lit_mcmc.data.images import ImageDataModule, ImageDataset, UnsafePickleError, load_arrays
+from lit_mcmc.data.image_files import UnsafePickleError, load_arrays
+from lit_mcmc.data.images import ImageDataModule, ImageDataset
 
 # class counts of the complete MNIST t10k split (the canonical file)
 MNIST_T10K_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
