@@ -220,3 +220,22 @@ def precision_recall(features: Tensor | np.ndarray, real_features: Tensor | np.n
         y = y[torch.from_numpy(np.random.default_rng(seed).choice(len(y), n_real, replace=False))]
     precision, recall = calculate_precision_recall_full(x, y, neighborhood=neighborhood)
     return {"precision": proportion(float(precision), n=len(x)), "recall": proportion(float(recall), n=len(y))}
+
+
+def image_feature_metrics(features: Tensor | np.ndarray, real_features: Tensor | np.ndarray,
+                          real_stats: tuple[Tensor, Tensor] | None = None, n_boot: int = 200,
+                          seed: int = 0) -> dict[str, float]:
+    """FID (bootstrap se), KID (analytic se), precision and recall (binomial se) of generated ``features`` against
+    ``real_features``, each as ``<name>``, ``<name>_se``, ``<name>_low``, ``<name>_high`` for metrics.json.
+
+    ``real_stats`` (mean, covariance) are the real FID statistics when they are known (e.g. the FID callback's
+    cache, :func:`gaussian_stats_from_sums`); otherwise they are computed from ``real_features``.
+    Call (an image metric callback that kept the features of its samples and of the real images):
+    ``report.add_metrics(image_feature_metrics(torch.cat(fake_batches), real_features))``.
+    """
+    real_mean, real_cov = real_stats if real_stats is not None else gaussian_stats(real_features)
+    out = fid_bootstrap(features, real_mean, real_cov, n_boot=n_boot, seed=seed).as_metrics("fid")
+    out.update(kid(features, real_features, seed=seed).as_metrics("kid"))
+    for name, estimate in precision_recall(features, real_features, seed=seed).items():
+        out.update(estimate.as_metrics(name))
+    return out

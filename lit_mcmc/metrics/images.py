@@ -52,6 +52,21 @@ def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
     return topk_hits(logits, labels, k).float().mean().item()
 
 
+def accuracy_estimates(logits: Tensor, labels: Tensor) -> dict[str, float]:
+    """R3, top-1 and (with at least 5 classes) top-5 accuracy of logits [N, n_classes], each with its binomial
+    standard error and 95 % Wilson interval: ``r3_accuracy``, ``r3_accuracy_se``, ``r3_accuracy_low``,
+    ``r3_accuracy_high``, ``top1_accuracy``, ... Call (an accuracy callback, logits and labels of all samples
+    gathered): ``report.add_metrics(accuracy_estimates(logits, labels))``."""
+    from lit_mcmc.metrics.uncertainty import proportion
+
+    hits = {"r3_accuracy": r3_hits(logits.softmax(dim=1), labels)}
+    hits.update({f"top{k}_accuracy": topk_hits(logits, labels, k) for k in (1, 5) if k <= logits.shape[1]})
+    out: dict[str, float] = {}
+    for name, hit in hits.items():
+        out.update(proportion(hit.cpu().numpy()).as_metrics(name))
+    return out
+
+
 class ClassifierFeatures(nn.Module):
     """A classifier's penultimate features (its ``features(x)`` method) as an FID feature extractor."""
 

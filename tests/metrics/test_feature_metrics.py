@@ -106,3 +106,14 @@ def test_bad_feature_sets_are_refused() -> None:
         kid(gaussian_features(50, 8, 0), gaussian_features(50, 8, 1), subset_size=60)
     with pytest.raises(ValueError, match=r"must be a feature array \[N, F\]"):
         precision_recall(torch.zeros(10), torch.zeros(10, 2))
+
+
+def test_image_feature_metrics_gathers_every_value_with_its_uncertainty() -> None:
+    from lit_mcmc.metrics.feature_metrics import image_feature_metrics
+
+    fake, real = gaussian_features(120, 8, 1, shift=0.2), gaussian_features(300, 8, 2)
+    out = image_feature_metrics(fake, real, n_boot=20)
+    assert set(out) == {f"{m}{s}" for m in ("fid", "kid", "precision", "recall") for s in ("", "_se", "_low", "_high")}
+    assert out["fid"] == FrechetDistance(*gaussian_stats(real), fake)() and out["kid"] == kid(fake, real).value
+    assert out["recall"] == precision_recall(fake, real)["recall"].value
+    assert image_feature_metrics(fake, real, real_stats=gaussian_stats(real[:100]), n_boot=20)["fid"] != out["fid"]
