@@ -181,6 +181,8 @@ class LabelledGuidance(Target):
         """A shallow copy guiding towards ``labels`` (LongTensor [B]); the networks are shared, not copied."""
         guided = copy.copy(self)
         guided.labels = _check_labels(labels)
+        if hasattr(self.target, "with_labels"):  # a class-conditional model is conditioned on the same classes
+            guided.target = self.target.with_labels(guided.labels)
         return guided
 
     def guidance(self, x: Tensor, t: int, inner: Evaluation, labels: Tensor) -> Guidance:
@@ -291,7 +293,7 @@ class ReconstructionGuidance(LabelledGuidance):
         super().__init__(target, classifier, schedule, scale, labels)
 
     def guidance(self, x: Tensor, t: int, inner: Evaluation, labels: Tensor) -> Guidance:
-        sqrt_abar = math.sqrt(float(self.schedule.alphas_cumprod[t]))
+        sqrt_abar = float(self.schedule.signal_scale[t])  # α_t (√ᾱ_t on DDPM)
         variance = float(self.schedule.marginal_std[t]) ** 2
         denoised = (x + variance * inner.score) / sqrt_abar
         class_log_prob, grad_denoised = class_log_prob_and_grad(self.classifier, denoised, labels)

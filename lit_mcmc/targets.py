@@ -203,7 +203,7 @@ class DiffusedDistribution(DensityTarget):
     """A data distribution whose diffused marginals p_t = q(x_t) have closed forms (exact scores and log-densities).
 
     Level ``t=None`` means the data themselves ("level −1"). Exact samples at any level come from diffusing exact
-    data samples: x_t = √ᾱ_t x_0 + σ_t ε.
+    data samples: x_t = α_t x_0 + σ_t ε.
     """
 
     has_log_prob = True
@@ -212,11 +212,11 @@ class DiffusedDistribution(DensityTarget):
         self.schedule = schedule
 
     def level_coefficients(self, t: int | None) -> tuple[float, float]:
-        """(√ᾱ_t, σ_t), with (1, 0) for the data level t=None."""
+        """(α_t, σ_t) of the schedule's Gaussian path (√ᾱ_t, √(1 − ᾱ_t) on DDPM), with (1, 0) for the data level
+        t=None."""
         if t is None:
             return 1.0, 0.0
-        self.schedule.check_level(t)
-        return math.sqrt(float(self.schedule.alphas_cumprod[t])), float(self.schedule.marginal_std[t])
+        return self.schedule.level_coefficients(t)
 
     @abstractmethod
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -230,7 +230,7 @@ class DiffusedDistribution(DensityTarget):
 
 
 class DiffusedGaussianMixture(DiffusedDistribution):
-    """A Gaussian mixture Σ_k w_k N(μ_k, s_k² I), diffused: component k at level t is N(√ᾱ_t μ_k, (ᾱ_t s_k² + σ_t²) I).
+    """A Gaussian mixture Σ_k w_k N(μ_k, s_k² I), diffused: component k at level t is N(α_t μ_k, (α_t² s_k² + σ_t²) I).
 
     Args:
         means: [K, D] component means.

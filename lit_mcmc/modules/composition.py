@@ -166,7 +166,7 @@ def common_schedule(schedules: dict[str, NoiseSchedule], config: ScheduleConfig 
         raise ValueError("model.schedule must be set when every component is analytic")
     ref_name, ref = candidates[0]
     for name, other in candidates[1:]:
-        if other.T != ref.T or not torch.allclose(other.betas, ref.betas):
+        if other.T != ref.T or not torch.allclose(other.betas, ref.betas) or other.path != ref.path:
             raise ValueError(f"noise schedules differ between {ref_name!r} ({ref}) and {name!r} ({other}): "
                              "components of a composition must share one schedule")
     return ref

@@ -9,13 +9,12 @@ starts at level T−1, and MCMC runs after each reverse step at levels T−2 …
 With particle resampling (``samplers/particles.py``) the particles' weights change with every move between
 levels, and a group whose weights have degenerated resamples when it arrives at a level, before that level's MCMC
 steps (resample-move SMC). ``final_denoise`` ends a run without reverse steps with Tweedie's estimate
-x̂_0 = (x + σ_0² S(x, 0))/√ᾱ_0 from the last state's cached score (no extra evaluation); with reverse steps the last
+x̂_0 = (x + σ_0² S(x, 0))/α_0 from the last state's cached score (no extra evaluation); with reverse steps the last
 one (from level 0, without noise) already is that estimate.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -24,7 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lit_mcmc.diffusion import REVERSE_VARIANCES, NoiseSchedule, ReverseVariance
+from lit_mcmc.diffusion import REVERSE_VARIANCES, NoiseSchedule, ReverseVariance, check_eta
 from lit_mcmc.samplers.diagnostics import DegeneracyThresholds, DegenerateSampling
 from lit_mcmc.samplers.kernels import (
     ACCEPT_RATE,
@@ -74,12 +73,14 @@ class AnnealedSampler:
         resample: particle resampling between levels (weights, group size, ESS threshold, final output); None
             runs independent chains.
         final_denoise: end with Tweedie's x̂_0 (runs without reverse steps only).
+        reverse_eta: DDIM's η for reverse_variance "posterior" (1: the DDPM posterior; 0: deterministic).
     """
 
     def __init__(self, schedule: NoiseSchedule, kernel: Kernel | None = None, n_steps: int = 0,
                  reverse: bool = True, reverse_variance: ReverseVariance = "beta", min_mcmc_level: int = 0,
                  degeneracy: DegeneracyThresholds | None = None, fail_on_degenerate: bool = False,
-                 resample: ResampleConfig | None = None, final_denoise: bool = False) -> None:
+                 resample: ResampleConfig | None = None, final_denoise: bool = False,
+                 reverse_eta: float = 1.0) -> None:
         if kernel is None and not reverse:
             raise ValueError("a sampler with no kernel must take reverse steps (reverse=True)")
         if int(n_steps) != n_steps or n_steps < 0:
@@ -89,6 +90,12 @@ class AnnealedSampler:
         if final_denoise and reverse:
             raise ValueError("sampler.final_denoise applies to samplers without reverse steps: with reverse: true the "
                              "last reverse step (from level 0, without noise) already returns Tweedie's x̂_0")
+        self.reverse_eta = check_eta(reverse_eta, "reverse_eta")
+        if self.reverse_eta != 1.0 and reverse_variance != "posterior":
+            raise ValueError(f"reverse_eta={reverse_eta} applies to reverse_variance 'posterior' (DDIM(η)); "
+                             f"{reverse_variance!r} keeps the posterior mean")
+        if self.reverse_eta != 1.0 and resample is not None:
+            raise ValueError("particle weights assume the DDPM posterior step: reverse_eta must be 1 with resample")
         self.schedule = schedule
         if kernel is not None and resample is not None and resample.weights == "exact":
             kernel = kernel.keeping_log_prob()  # exact weights read log γ_t from the state each level ends with
@@ -113,7 +120,8 @@ class AnnealedSampler:
         """The same levels and kernel as independent chains, unchecked: what the step-size tuning pass runs (its
         chains adapt their steps, and particle weights do not change the MCMC kernel)."""
         return AnnealedSampler(self.schedule, self.kernel, self.n_steps, self.reverse, self.reverse_variance,
-                               self.min_mcmc_level, final_denoise=self.final_denoise)
+                               self.min_mcmc_level, final_denoise=self.final_denoise,
+                               reverse_eta=self.reverse_eta)
 
     def plan(self) -> list[LevelPlan]:
         """The iterations, in order: which reverse step and which MCMC level each performs."""
@@ -132,9 +140,12 @@ class AnnealedSampler:
                generator: torch.Generator | RandomStream | None = None, step_table: LevelValue | None = None,
                device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
                progress: bool = False, run_level: LevelRunner | None = None) -> tuple[Tensor, ChainInfo]:
-        """Draw x ~ N(0, I) of ``shape`` ([B, ...]) from the same random stream and run :meth:`run` from it."""
+        """Draw x ~ N(0, s² I) of ``shape`` ([B, ...]) from the same random stream, s the schedule's ``prior_std``
+        (1 on DDPM, ≈ σ_max on VE paths), and run :meth:`run` from it."""
         rng = as_random_stream(generator)
         x = rng.normal(torch.empty(shape, device=device, dtype=dtype))
+        if self.schedule.prior_std != 1.0:
+            x = x * self.schedule.prior_std
         return self.run(target, x, rng, step_table, progress, run_level)
 
     def run(self, target: Target, x: Tensor, generator: torch.Generator | RandomStream | None = None,
@@ -156,7 +167,7 @@ class AnnealedSampler:
         level = self.schedule.T - 1  # where x is now
         with torch.no_grad():
             if particles is not None:
-                particles.leave(particles.weights.leave_start(x))
+                particles.leave(particles.weights.leave_start(x, self.schedule.prior_std))
                 x, state = self._arrive(target, particles, x, level, None, rng, info)
             for step in tqdm(self.plan(), desc="levels", disable=not progress, leave=False):
                 if step.reverse_from is not None:
@@ -168,7 +179,7 @@ class AnnealedSampler:
                         info.nfe += 1
                     noise = rng.normal(x) if t > 0 else None
                     x_new = self.schedule.reverse_step(x, t, evaluation.score, noise, self.reverse_variance,
-                                                       evaluation.variance_output)
+                                                       evaluation.variance_output, self.reverse_eta)
                     if particles is not None:
                         particles.leave(particles.weights.leave_reverse(x, x_new, t, evaluation, self.schedule,
                                                                         self.reverse_variance))
@@ -214,14 +225,14 @@ class AnnealedSampler:
         return x, None if state is None else ChainState(x, state.evaluation.rows(index), state.t, momentum)
 
     def _denoise(self, target: Target, x: Tensor, state: ChainState | None, info: ChainInfo) -> Tensor:
-        """Tweedie's x̂_0 = (x + σ_0² S(x, 0))/√ᾱ_0, with the cached score at level 0 when there is one."""
+        """Tweedie's x̂_0 = (x + σ_0² S(x, 0))/α_0, with the cached score at level 0 when there is one."""
         if state is not None and state.t == 0:
             score = state.evaluation.score
         else:
             score = target.evaluate(x, 0).score
             info.nfe += 1
         variance = float(self.schedule.marginal_std[0]) ** 2
-        return (x + variance * score) / math.sqrt(float(self.schedule.alphas_cumprod[0]))
+        return (x + variance * score) / float(self.schedule.signal_scale[0])
 
     def _check_level(self, x: Tensor, step: LevelPlan, info: ChainInfo) -> None:
         """Record the level's share of non-finite samples (one host read); with ``fail_on_degenerate``, stop at a

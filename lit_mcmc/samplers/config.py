@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from lit_mcmc.diffusion import NoiseSchedule, ReverseVariance
+from lit_mcmc.diffusion import NoiseSchedule, ReverseVariance, check_eta
 from lit_mcmc.samplers.annealed import AnnealedSampler
 from lit_mcmc.samplers.corrections import QuadratureName, check_quadrature
 from lit_mcmc.samplers.diagnostics import DegeneracyThresholds
@@ -27,7 +27,10 @@ class SamplerConfig:
     """An annealed sampler: which kernel, its hyper-parameters, and how levels are visited.
 
     Step size: a constant ``step_size``, or ``step_a``·β_t^``step_b`` when ``step_size`` is null (MCMC-corr's
-    images). Mass (diagonal, M): ``mass``, or β_t^``mass_beta_power`` when set (√M = β_t is mass_beta_power: 2).
+    images). ``step_scaling: path`` multiplies either by the path's x scale (α_t² + σ_t²) for Langevin kernels, its
+    square root for HMC, so steps chosen for VP coordinates keep their meaning on VE paths (docs/gaussian_paths.md);
+    "none" (default) uses them as given. Mass (diagonal, M): ``mass``, or β_t^``mass_beta_power`` when set (√M = β_t
+    is mass_beta_power: 2).
     ``correction``: "energy" (exact; needs an energy model), "line" or "curve" (HMC), with ``n_points`` interior
     nodes (per segment for "curve") of the ``quadrature`` rule ("trapezoid", "simpson" with odd ``n_points``, or
     "gauss_legendre" for "line"; see ``samplers/corrections.py``). ``reverse``: take an ancestral step before the
@@ -46,6 +49,9 @@ class SamplerConfig:
     final: resample | weighted}``) weighs and resamples groups of consecutive samples between levels (SMC
     resample-move); null runs independent chains. ``final_denoise``: end a run without reverse steps with Tweedie's
     x̂_0 (no extra evaluation; off by default, as in the papers).
+
+    ``reverse_eta``: DDIM's η for ``reverse_variance: posterior`` (1, the default, is the DDPM posterior; 0 a
+    deterministic step); the reverse step works on every Gaussian path (docs/gaussian_paths.md).
     """
 
     kernel: KernelName = "reverse"
@@ -53,6 +59,7 @@ class SamplerConfig:
     step_size: float | None = None
     step_a: float | None = None
     step_b: float = 1.0
+    step_scaling: Literal["none", "path"] = "none"
     correction: Literal["energy", "line", "curve"] | None = None
     n_points: int = 0
     quadrature: QuadratureName = "trapezoid"
@@ -64,6 +71,7 @@ class SamplerConfig:
     carry_momentum: bool = False
     reverse: bool = True
     reverse_variance: ReverseVariance = "beta"
+    reverse_eta: float = 1.0
     min_mcmc_level: int = 0
     target_accept: float | None = None
     tune_samples: int = 256
@@ -89,6 +97,15 @@ class SamplerConfig:
         if self.kernel not in KERNELS:
             raise ValueError(f"{key}.kernel={self.kernel!r} is not one of {list(KERNELS)}")
         self._check_adaptation(key)
+        if self.step_scaling not in ("none", "path"):
+            raise ValueError(f"{key}.step_scaling={self.step_scaling!r} is not one of ['none', 'path']")
+        check_eta(self.reverse_eta, f"{key}.reverse_eta")
+        if self.reverse_eta != 1.0 and (self.reverse_variance != "posterior" or not self.reverse):
+            raise ValueError(f"{key}.reverse_eta={self.reverse_eta} applies to reverse steps with "
+                             f"{key}.reverse_variance: posterior (DDIM(η)); remove it or set reverse_variance")
+        if self.reverse_eta != 1.0 and self.resample is not None:
+            raise ValueError(f"{key}.reverse_eta={self.reverse_eta}: particle weights assume the DDPM posterior step "
+                             f"(η = 1); remove reverse_eta or {key}.resample")
         self.degeneracy  # noqa: B018 - validates the thresholds (errors name the key)
         if self.kernel == "reverse":
             if not self.reverse:
@@ -158,6 +175,11 @@ class SamplerConfig:
         return self.target_accept is not None or self.step_table is not None
 
     def _level_value(self, schedule: NoiseSchedule, constant: float | None, a: float | None, b: float) -> LevelValue:
+        if self.step_scaling == "path":  # a step that scales like x² (Langevin) or like x (HMC at fixed mass)
+            power = 2.0 if self.kernel in ("ula", "mala") else 1.0
+            if constant is not None:
+                return BetaPower(schedule, constant, 0.0, power)
+            return BetaPower(schedule, a, b, power)  # type: ignore[arg-type]
         return constant if constant is not None else BetaPower(schedule, a, b)  # type: ignore[arg-type]
 
     def tuning_settings(self) -> dict[str, object]:
@@ -189,7 +211,7 @@ class SamplerConfig:
         kernel = self.build_kernel(schedule)
         return AnnealedSampler(schedule, kernel, self.n_steps if kernel else 0, self.reverse,
                                self.reverse_variance, self.min_mcmc_level, self.degeneracy, self.fail_on_degenerate,
-                               self.resample, self.final_denoise)
+                               self.resample, self.final_denoise, self.reverse_eta)
 
     @property
     def degeneracy(self) -> DegeneracyThresholds:

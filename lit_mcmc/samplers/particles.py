@@ -94,8 +94,8 @@ class ParticleWeights(ABC):
         """A clear error when the target or the level moves cannot give these weights."""
 
     @abstractmethod
-    def leave_start(self, x: Tensor) -> Tensor:
-        """The start x ~ N(0, I), taken to be at the first level."""
+    def leave_start(self, x: Tensor, std: float = 1.0) -> Tensor:
+        """The start x ~ N(0, std² I) (the schedule's ``prior_std``), taken to be at the first level."""
 
     @abstractmethod
     def leave_carried(self, evaluation: Evaluation) -> Tensor:
@@ -121,8 +121,8 @@ class ExactWeights(ParticleWeights):
             raise ValueError(f"model.sampler.resample.weights='exact' needs log-densities, but {type(target).__name__} "
                              "has none (score models): use weights: feynman_kac with sampler.reverse: true")
 
-    def leave_start(self, x: Tensor) -> Tensor:
-        return -_standard_normal_log_prob(x)
+    def leave_start(self, x: Tensor, std: float = 1.0) -> Tensor:
+        return -(_standard_normal_log_prob(x) if std == 1.0 else _normal_log_prob(x, torch.zeros_like(x), std))
 
     def leave_carried(self, evaluation: Evaluation) -> Tensor:
         return -_log_prob(evaluation)
@@ -132,9 +132,9 @@ class ExactWeights(ParticleWeights):
         if t == 0:  # the last step adds no noise: a deterministic map of the level-0 particles, no weight
             return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         mean, std = schedule.reverse_mean_and_std(x, t, evaluation.score, variance, evaluation.variance_output)
-        beta = float(schedule.betas[t])
+        scale, forward_std = schedule.transition(t)  # √(1 − β_t), √β_t on DDPM
         log_backward = _normal_log_prob(x_new, mean, std)  # M(x_new | x)
-        log_forward = _normal_log_prob(x, math.sqrt(1.0 - beta) * x_new, math.sqrt(beta))  # L(x | x_new)
+        log_forward = _normal_log_prob(x, scale * x_new, forward_std)  # L(x | x_new)
         return log_forward - log_backward - _log_prob(evaluation)
 
     def arrive(self, evaluation: Evaluation | None) -> Tensor:
@@ -154,7 +154,7 @@ class FeynmanKacWeights(ParticleWeights):
                              f"densities; {type(target).__name__} is not one (mixtures, reconstruction guidance, "
                              "tapestries): use weights: exact where the parts have log-densities")
 
-    def leave_start(self, x: Tensor) -> Tensor:
+    def leave_start(self, x: Tensor, std: float = 1.0) -> Tensor:
         return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
     def leave_carried(self, evaluation: Evaluation) -> Tensor:
@@ -162,7 +162,7 @@ class FeynmanKacWeights(ParticleWeights):
 
     def leave_reverse(self, x: Tensor, x_new: Tensor, t: int, evaluation: Evaluation, schedule: NoiseSchedule,
                       variance: ReverseVariance) -> Tensor:
-        return 0.5 * float(schedule.betas[t]) * evaluation.sq_norm_gap().to(x.dtype)
+        return 0.5 * float(schedule.transition_variance[t]) * evaluation.sq_norm_gap().to(x.dtype)
 
 
 @dataclass

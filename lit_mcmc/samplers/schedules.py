@@ -11,20 +11,33 @@ LevelValue = float | Callable[[int], float]
 
 
 class BetaPower:
-    """value(t) = a · β_t^b on a given noise schedule (MCMC-corr's step sizes; mass √M = β_t is a=1, b=2 for M)."""
+    """value(t) = a · β_t^b on a given noise schedule (MCMC-corr's step sizes; mass √M = β_t is a=1, b=2 for M).
 
-    def __init__(self, schedule: NoiseSchedule, a: float, b: float) -> None:
+    β_t is the schedule's VP-equivalent one (its own on DDPM schedules, 1 − ᾱ_t/ᾱ_{t−1} with ᾱ_t = α_t²/(α_t² + σ_t²)
+    on other Gaussian paths). ``scale_power`` p multiplies by (α_t² + σ_t²)^{p/2}, the path's x scale to the power p:
+    x_t/√(α_t² + σ_t²) is the VP path, so a Langevin step (p = 2) or an HMC step at fixed mass (p = 1) chosen for VP
+    coordinates keeps its meaning on a path whose scale grows with σ (VE; docs/gaussian_paths.md). p = 0 (default)
+    is the papers' rule.
+    """
+
+    def __init__(self, schedule: NoiseSchedule, a: float, b: float, scale_power: float = 0.0) -> None:
         if a <= 0:
             raise ValueError(f"a={a} must be positive in a·β_t^b")
         self.schedule = schedule
         self.a = float(a)
         self.b = float(b)
+        self.scale_power = float(scale_power)
 
     def __call__(self, t: int) -> float:
-        return self.a * float(self.schedule.betas[t]) ** self.b
+        value = self.a * float(self.schedule.betas[t]) ** self.b
+        if self.scale_power:
+            alpha, sigma = self.schedule.level_coefficients(t)
+            value *= (alpha**2 + sigma**2) ** (self.scale_power / 2)
+        return value
 
     def __repr__(self) -> str:
-        return f"BetaPower(a={self.a}, b={self.b})"
+        scaled = f", scale_power={self.scale_power}" if self.scale_power else ""
+        return f"BetaPower(a={self.a}, b={self.b}{scaled})"
 
 
 def value_at(value: LevelValue, t: int, name: str) -> float:
