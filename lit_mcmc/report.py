@@ -65,7 +65,13 @@ SAMPLER_METRICS = (Column("accept_rate", "acceptance"), Column("nfe_per_sample",
                    Column("log_z_mean", "log Ẑ"), Column("log_z_se", "log Ẑ s.e."),
                    Column("unique_ancestors_mean", "unique ancestors"))
 QUALITY_METRICS = (*TOY2D_METRICS, *IMAGE_METRICS)
-KNOWN_METRICS = {column.key: column for column in (*QUALITY_METRICS, *SAMPLER_METRICS)}
+# Metrics some runs report (lit_mcmc.metrics.feature_metrics, .clip_score, .images): labelled, not declared for all.
+OPTIONAL_METRICS = (Column("top5_accuracy", "top-5 ↑"), Column("kid", "KID ↓"), Column("precision", "precision ↑"),
+                    Column("recall", "recall ↑"), Column("clip_score_min", "CLIP (min) ↑"),
+                    Column("clip_score_min_per_image", "CLIP (min per image) ↑"))
+KNOWN_METRICS = {column.key: column for column in (*QUALITY_METRICS, *SAMPLER_METRICS, *OPTIONAL_METRICS)}
+# A metric's uncertainty keys (lit_mcmc.metrics.uncertainty.Estimate.as_metrics) and the words their labels end with.
+UNCERTAINTY_LABELS = {"_se": "s.e.", "_low": "95 % low", "_high": "95 % high"}
 
 KERNELS = ("reverse", "ula", "mala", "uhmc", "hmc")
 MODEL_SUFFIXES = (".ckpt", ".pt", ".pth", ".safetensors", ".bin")
@@ -204,8 +210,20 @@ def metric_columns(quality: Sequence[Column], keys: Sequence[str] = ()) -> list[
     """The declared metrics: the quality family, the sampler statistics, then any other metric in ``keys``."""
     columns = [*quality, *SAMPLER_METRICS]
     known = {column.key for column in columns}
-    columns += [KNOWN_METRICS.get(key, Column(key, key)) for key in dict.fromkeys(keys) if key not in known]
+    columns += [metric_column(key) for key in dict.fromkeys(keys) if key not in known]
     return columns
+
+
+def metric_column(key: str) -> Column:
+    """A metric's column: its declared label, "<label> s.e." (or "95 % low"/"95 % high") for the uncertainty of
+    a declared metric (``fid_se`` → "FID s.e."), else the key itself."""
+    if key in KNOWN_METRICS:
+        return KNOWN_METRICS[key]
+    for suffix, words in UNCERTAINTY_LABELS.items():
+        base = KNOWN_METRICS.get(key.removesuffix(suffix)) if key.endswith(suffix) else None
+        if base is not None:
+            return Column(key, f"{base.label.rstrip(' ↑↓')} {words}")
+    return Column(key, key)
 
 
 # ----- the TensorBoard HParams session --------------------------------------------------------------------------

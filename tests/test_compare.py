@@ -231,3 +231,11 @@ def test_a_single_runs_own_standard_error_is_shown_and_used(tmp_path: Path,
     assert float(csv_rows["c"]["fid_diff"]) == pytest.approx(1.2)
     assert csv_rows["c"]["fid_significant"] == "True" and csv_rows["a"]["fid_se"] == "0.2"
     assert csv_rows["a"]["fid_n"] == "1" and csv_rows["a"]["fid_diff"] == ""
+
+
+def test_new_metrics_and_their_uncertainty_have_labels() -> None:
+    from lit_mcmc.report import metric_column
+
+    assert metric_column("kid").label == "KID ↓" and metric_column("fid_se").label == "FID s.e."
+    assert metric_column("recall_low").label == "recall 95 % low" and metric_column("log_z_se").label == "log Ẑ s.e."
+    assert metric_column("clip_score_p0").label == "clip_score_p0"
