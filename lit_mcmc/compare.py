@@ -167,11 +167,15 @@ def standard_error(row: dict[str, Any], key: str) -> float:
 
 
 def mark_differences(table: Comparison, baseline: str) -> None:
-    """Set ``table.baseline`` to the row named by ``baseline`` (its run cell exactly, one of its runs' names, or
-    a unique part of its run cell) and give every other row, per metric both have, ``"_diff"``: the
+    """Set ``table.baseline`` to the row named by ``baseline`` (its run cell or one of its runs' names: exactly, by
+    their end, or by a part that no other row has) and give every other row, per metric both have, ``"_diff"``: the
     :class:`~lit_mcmc.metrics.uncertainty.Difference` to the baseline (two-standard-error test)."""
-    exact = [row for row in table.rows if baseline == row["run"] or baseline in row.get("_runs", ())]
-    matches = exact or [row for row in table.rows if baseline in row["run"]]
+    def rows_where(test: Any) -> list[dict[str, Any]]:
+        return [row for row in table.rows if any(test(name) for name in [row["run"], *row.get("_runs", ())])]
+
+    # the exact name first, then names that end with it (``reverse_seed0`` is not ``reverse_seed0_smc``), then parts
+    matches = (rows_where(lambda name: name == baseline) or rows_where(lambda name: name.endswith(baseline))
+               or rows_where(lambda name: baseline in name))
     if len(matches) != 1:
         found = "matches no row" if not matches else f"matches {len(matches)} rows"
         raise ValueError(f"--baseline {baseline!r} {found}; give one of {[row['run'] for row in table.rows]}")

@@ -212,6 +212,9 @@ def test_baseline_marks_differences_beyond_two_welch_standard_errors(trial_runs:
     assert "Δ: difference to hmc_seed{0,1,2}; *: larger than 2 standard errors" in text
     with pytest.raises(ValueError, match=r"--baseline 'hmc_s' matches 2 rows; give one of"):
         comparison(find_runs([str(trial_runs)]), baseline="hmc_s")
+    # the end of a run's name wins over a part of another's: small_seed1 is not mid_seed/1
+    assert comparison(find_runs([str(trial_runs)]), baseline="small_seed1").baseline == "hmc_small_seed{0,1,2}"
+    assert comparison(find_runs([str(trial_runs)]), baseline="near").baseline == "hmc_near_seed0"
 
 
 def test_a_single_runs_own_standard_error_is_shown_and_used(tmp_path: Path,
