@@ -24,6 +24,7 @@ from lit_mcmc.data.indices import SampleIndexDataModule
 from lit_mcmc.data.shards import check_output_dir, expected_bytes, find_sample_writer
 from lit_mcmc.modules.training import TrainingDiverged
 from lit_mcmc.runs import claim_run_dir, run_record
+from lit_mcmc.trials import TRIALS_FILE, aggregate_trials, check_seeds, trial_args, trials_summary
 
 
 class ConciseArgumentParser(LightningArgumentParser):
@@ -42,7 +43,10 @@ class LitMCMCCLI(LightningCLI):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parser_class", ConciseArgumentParser)
-        check_command_line(kwargs.get("args") if kwargs.get("args") is not None else sys.argv[1:])
+        self.argv = list(kwargs.get("args") if kwargs.get("args") is not None else sys.argv[1:])
+        self.init_kwargs = kwargs
+        self.trial_seeds: list[int] | None = None  # model.seeds: this invocation runs one predict per seed
+        check_command_line(self.argv)
         super().__init__(*args, **kwargs)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):  # type: ignore[no-untyped-def]
@@ -60,6 +64,12 @@ class LitMCMCCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "predict" and config.get("model.init_args.seeds") is not None:
+            try:
+                self.trial_seeds = check_seeds(config.model.init_args.seeds)
+            except ValueError as err:
+                exit_with_one_line(err, str(err))
+            return  # each trial is a predict of its own (_run_subcommand)
         # Samples go to disk through the SampleWriter: keeping them all in memory as well helps no one.
         if self.subcommand == "predict" and config.get("return_predictions") is None:
             config["return_predictions"] = False
@@ -81,6 +91,8 @@ class LitMCMCCLI(LightningCLI):
             pin_tensorboard_version(config.trainer, f"slurm_{job_id}")
 
     def instantiate_classes(self) -> None:
+        if self.trial_seeds is not None:
+            return
         # A bad value (negative step size, missing checkpoint, ...) is reported as one line naming the key, not as
         # jsonargparse's union-type dump with a traceback. LIT_MCMC_DEBUG=1 keeps the traceback.
         if self.subcommand == "predict":
@@ -94,6 +106,9 @@ class LitMCMCCLI(LightningCLI):
             exit_with_one_line(err, full_key_paths(concise_error(err)))
 
     def _run_subcommand(self, subcommand: str) -> None:
+        if self.trial_seeds is not None:
+            self.run_trials(self.trial_seeds)
+            return
         # The same for mistakes found once the run starts (inside Lightning's hooks): inference mode on, an
         # accelerator or strategy that this machine lacks, a metric callback given too few samples, ...
         try:
@@ -102,7 +117,23 @@ class LitMCMCCLI(LightningCLI):
             exit_with_one_line(err, full_key_paths(str(err).strip().splitlines()[0]) if str(err).strip()
                                else type(err).__name__)
 
+    def run_trials(self, seeds: list[int]) -> None:
+        """One predict per seed, each in its own directory, then the aggregate (:mod:`lit_mcmc.trials`)."""
+        root = Path(self.config.predict.trainer.default_root_dir or ".")
+        trial = None
+        for seed in seeds:
+            trial = LitMCMCCLI(**{**self.init_kwargs, "args": trial_args(self.argv, seed, root)})
+        if trial is not None and trial.trainer.global_rank == 0:
+            try:
+                record = aggregate_trials(root, seeds)
+            except FileNotFoundError as err:
+                exit_with_one_line(err, str(err))
+            print(f"lit-mcmc: {len(seeds)} trials (seeds {seeds}) in {root}/seed_*; mean ± std over them in "
+                  f"{root / TRIALS_FILE}:\n{trials_summary(record)}", file=sys.stderr)
+
     def after_instantiate_classes(self) -> None:
+        if self.trial_seeds is not None:
+            return
         if self.subcommand == "predict":  # before the loggers create folders there, and before any sampling
             writer = find_sample_writer(self.trainer.callbacks)
             if writer is not None:

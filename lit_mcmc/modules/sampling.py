@@ -61,6 +61,9 @@ class SamplingModule(L.LightningModule):
         sampler: the kernel, its hyper-parameters, and the level schedule.
         sample_shape: shape of one sample, e.g. [2] or [3, 32, 32].
         seed: base seed of the per-sample random streams.
+        seeds: several sampling seeds, each a trial of this configuration: ``lit-mcmc predict`` then runs one predict
+            per seed into ``<default_root_dir>/seed_<s>/`` and writes their mean ± std to ``trials.json`` (see
+            :mod:`lit_mcmc.trials`); ``seed`` is not used then. Null (default): one run with ``seed``.
         checkpoint_root: directory that relative checkpoint (and pretrained ``path``) values are resolved against.
         schedule: noise schedule for analytic components; with checkpoints it must match theirs (or be null).
         respace: sample on this many evenly spaced levels of that schedule (improved-diffusion respacing; the
@@ -76,8 +79,11 @@ class SamplingModule(L.LightningModule):
     def __init__(self, components: dict[str, ComponentConfig], composition: CompositionConfig,
                  sampler: SamplerConfig, sample_shape: list[int], seed: int = 0, checkpoint_root: str = ".",
                  schedule: ScheduleConfig | None = None, respace: int | None = None, precision: Precision = "tf32",
-                 compile: bool = False) -> None:
+                 compile: bool = False, seeds: list[int] | None = None) -> None:
         super().__init__()
+        if seeds is not None:
+            raise ValueError(f"model.seeds={seeds} is read by lit-mcmc predict, which runs one predict per seed; a "
+                             "SamplingModule draws one seed: give model.seed")
         # Not to the logger: the SampleWriter logs report_hparams() (no paths, no CLI internals) with the metrics.
         self.save_hyperparameters(logger=False)
         check_names(components, composition)  # before loading anything: config errors come first
