@@ -107,10 +107,16 @@ class ComponentConfig:
         if self.pretrained == "diffusers":
             self._check_diffusers()
             return
-        extra = [k for k in DIFFUSERS_FIELDS if getattr(self, k) is not None]
+        # class_labels: a class-conditional UNet's classes per sample (adm as diffusers; not a classifier's)
+        shared = ("class_labels",) if self.pretrained == "adm" else ()
+        extra = [k for k in DIFFUSERS_FIELDS if k not in shared and getattr(self, k) is not None]
         if extra:
             raise ValueError(f"{extra[0]} applies only to pretrained: diffusers components (this one is "
                              f"pretrained: {self.pretrained}): remove it")
+        if self.class_labels is not None and (
+                not self.class_labels or any(not isinstance(y, int) or y < 0 for y in self.class_labels)):
+            raise ValueError(f"model.components.<name>.class_labels must be a non-empty list of classes >= 0, got "
+                             f"{self.class_labels}")
         if self.path is None or self.config is None:
             raise ValueError(f"pretrained: {self.pretrained} needs 'path' (the checkpoint file) and 'config' (a "
                              "published config name such as 256x256_diffusion_uncond, or constructor arguments)")
@@ -260,9 +266,15 @@ def load_adm(name: str, spec: ComponentConfig, root: Path) -> LoadedComponent:
     schedule = spec.schedule.build() if spec.schedule is not None else adm.default_schedule(spec.config)  # type: ignore[arg-type]
     if spec.pretrained == "adm_classifier":
         return LoadedComponent(net, schedule)
-    if net.num_classes is not None:
-        raise ValueError(f"model.components.{name}: class-conditional ADM models (num_classes={net.num_classes}) "
-                         "are not supported as components yet; use an unconditional model with classifier guidance")
+    if net.num_classes is not None:  # labels per batch: the sample index, class_labels, or the guidance's
+        wrong = [y for y in spec.class_labels or [] if y >= net.num_classes]
+        if wrong:
+            raise ValueError(f"model.components.{name}.class_labels {wrong} are not classes of this model "
+                             f"(num_classes={net.num_classes}: 0..{net.num_classes - 1})")
+        return LoadedComponent(net, schedule, lambda s: adm.ClassConditionalTarget(net, s, spec.class_labels))
+    if spec.class_labels is not None:
+        raise ValueError(f"model.components.{name}.class_labels: this ADM model is unconditional (num_classes: "
+                         "null in its config); remove class_labels, or load a class-conditional model")
     return LoadedComponent(net, schedule, lambda s: ScoreModelTarget(net, s, learned_variance=net.learn_sigma))
 
 

@@ -8,15 +8,19 @@ not fit is an error naming the first missing and unexpected keys instead of a si
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from lit_mcmc.checkpoints import read_checkpoint
 from lit_mcmc.diffusion import NoiseSchedule
 from lit_mcmc.nets.adm import ADMEncoderClassifier, ADMUNet
+from lit_mcmc.targets import ScoreModelTarget
 
 _UNET = {"class": "UNetModel", "in_channels": 3, "num_res_blocks": 2, "num_heads": 1, "num_head_channels": 64,
          "num_heads_upsample": -1, "use_fp16": True, "use_scale_shift_norm": True, "resblock_updown": True,
@@ -128,3 +132,44 @@ def load_adm(path: str | Path, config: str | dict[str, Any], kind: str = "adm", 
     check_keys(net, state, f"{key}={str(path)!r} does not fit ADM config {name}")
     net.load_state_dict(state, strict=True)
     return net.eval().requires_grad_(False)
+
+
+class ClassConditionalTarget(ScoreModelTarget):
+    """A class-conditional ADM UNet (``num_classes`` set: guided-diffusion's ``256x256_diffusion``, …) as a Target:
+    score = −ε̂(x, t, y)/σ_t, the label embedding added to the time embedding inside the network.
+
+    The labels are set per batch by :meth:`with_labels` (one per sample), as the classifier guidances' are; a
+    predict run gives sample i the class ``label_cycle[i % len(label_cycle)]`` (the config's ``class_labels``, else
+    every class in turn: i % num_classes, as guidance does). Only the ε call differs from
+    :class:`~lit_mcmc.targets.ScoreModelTarget`: the network is called with ``y``.
+    """
+
+    def __init__(self, net: ADMUNet, schedule: NoiseSchedule, label_cycle: Sequence[int] | None = None,
+                 labels: Tensor | None = None) -> None:
+        if net.num_classes is None:
+            raise ValueError("ClassConditionalTarget needs a class-conditional ADM UNet (num_classes set)")
+        super().__init__(net, schedule, learned_variance=net.learn_sigma)
+        self.label_cycle = list(range(net.num_classes)) if label_cycle is None else list(label_cycle)
+        wrong = [y for y in self.label_cycle if not 0 <= y < net.num_classes]
+        if wrong:
+            raise ValueError(f"class_labels {wrong} are not classes of this model (0..{net.num_classes - 1})")
+        self.unet = net
+        self.labels = labels
+        if labels is not None:
+            self.net = functools.partial(net, y=labels)
+
+    def with_labels(self, labels: Tensor) -> ClassConditionalTarget:
+        """A copy conditioned on ``labels`` (LongTensor [B], one per sample); the network is shared."""
+        labelled = copy.copy(self)
+        labelled.labels = labels
+        labelled.net = functools.partial(self.unet, y=labels)
+        return labelled
+
+    def _network(self, x: Tensor, t: int) -> tuple[Tensor, Tensor | None]:
+        if self.labels is None:
+            raise ValueError("a class-conditional ADM model needs class labels: set them per batch with "
+                             ".with_labels(labels) (predict runs do, from the sample index or class_labels)")
+        if self.labels.shape[0] != x.shape[0]:
+            raise ValueError(f"labels has {self.labels.shape[0]} entries but x has a batch of {x.shape[0]}: give one "
+                             "label per sample")
+        return super()._network(x, t)

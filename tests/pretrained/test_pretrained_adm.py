@@ -48,6 +48,7 @@ def checkpoints(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("guided_diffusion")
     save_random(ADMUNet(**TINY_UNET), root / "unet.pt")
     save_random(ADMEncoderClassifier(**TINY_CLASSIFIER), root / "classifier.pt", seed=1)
+    save_random(ADMUNet(**{**TINY_UNET, "num_classes": 1000}), root / "unet_cond.pt", seed=2)
     return root
 
 
@@ -150,11 +151,77 @@ def test_component_config_errors(kwargs, message):
         ComponentConfig(**kwargs)
 
 
-def test_class_conditional_adm_is_refused_clearly(tmp_path):
-    save_random(ADMUNet(**{**TINY_UNET, "num_classes": 10}), tmp_path / "unet.pt")
-    with pytest.raises(ValueError, match="class-conditional ADM models"):
-        SamplingModule({"diffusion": adm({**TINY_UNET, "num_classes": 10})}, CompositionConfig(kind="single"),
+TINY_CONDITIONAL = {**TINY_UNET, "num_classes": 10}
+
+
+def test_class_conditional_score_adds_the_label_embedding_to_the_time_embedding(tmp_path):
+    """The conditional model's score against a hand computation: the same weights without the label embedding,
+    with label_emb(y) added to the time embedding's output (guided-diffusion's UNetModel.forward)."""
+    save_random(ADMUNet(**TINY_CONDITIONAL), tmp_path / "unet.pt")
+    module = SamplingModule({"diffusion": adm(TINY_CONDITIONAL)}, CompositionConfig(kind="single"),
+                            SamplerConfig(kernel="reverse"), [3, 16, 16], checkpoint_root=str(tmp_path), respace=4)
+    labels = module.labels_for(torch.tensor([0, 7, 13]))
+    assert labels.tolist() == [0, 7, 3]  # the sample index, modulo the model's classes
+    state = torch.load(tmp_path / "unet.pt", weights_only=True)
+    plain = ADMUNet(**TINY_UNET)
+    plain.load_state_dict({k: v for k, v in state.items() if k != "label_emb.weight"}, strict=True)
+    plain.time_embed.register_forward_hook(lambda mod, args, out: out + state["label_emb.weight"][labels])
+    x = torch.randn(3, 3, 16, 16)
+    level = 2
+    with torch.no_grad():
+        eps = plain(x, module.schedule.model_t(level, 3, x.device))[:, :3]
+    evaluation = module.target_for(labels).evaluate(x, level)
+    torch.testing.assert_close(evaluation.score, -eps / float(module.schedule.marginal_std[level]), rtol=0,
+                               atol=1e-5)
+    assert evaluation.variance_output.shape == x.shape  # the learned-σ half, for the reverse step
+    other = module.target_for(torch.tensor([1, 2, 4])).evaluate(x, level).score
+    assert (other - evaluation.score).abs().max() > 1e-3  # the label matters
+
+
+def test_class_labels_of_a_conditional_adm_model(tmp_path):
+    save_random(ADMUNet(**TINY_CONDITIONAL), tmp_path / "unet.pt")
+    module = SamplingModule({"diffusion": adm(TINY_CONDITIONAL, class_labels=[5, 2])},
+                            CompositionConfig(kind="single"), SamplerConfig(kernel="reverse"), [3, 16, 16],
+                            checkpoint_root=str(tmp_path), respace=4)
+    assert module.labels_for(torch.tensor([0, 1, 2])).tolist() == [5, 2, 5]
+    assert module.predict_step(torch.tensor([3, 4]), 0)["labels"].tolist() == [2, 5]
+    with pytest.raises(ValueError, match=r"class_labels \[12\] are not classes of this model \(num_classes=10"):
+        SamplingModule({"diffusion": adm(TINY_CONDITIONAL, class_labels=[12])}, CompositionConfig(kind="single"),
                        SamplerConfig(kernel="reverse"), [3, 16, 16], checkpoint_root=str(tmp_path))
+    save_random(ADMUNet(**TINY_UNET), tmp_path / "uncond.pt")
+    with pytest.raises(ValueError, match="this ADM model is unconditional"):
+        SamplingModule({"diffusion": ComponentConfig(pretrained="adm", path="uncond.pt", config=dict(TINY_UNET),
+                                                     class_labels=[1])}, CompositionConfig(kind="single"),
+                       SamplerConfig(kernel="reverse"), [3, 16, 16], checkpoint_root=str(tmp_path))
+    with pytest.raises(ValueError, match="class_labels applies only to pretrained: diffusers"):
+        ComponentConfig(pretrained="adm_classifier", path="c.pt", config="256x256_classifier", role="classifier",
+                        class_labels=[1])
+
+
+def test_conditional_model_with_the_noisy_classifier_shares_its_labels(checkpoints, tmp_path):
+    """Guidance's labels condition the model too; the classifier term s·log p_φ(y|x, t) stays exact (MH) and the
+    integrand is the conditional model's score alone."""
+    save_random(ADMUNet(**TINY_CONDITIONAL), tmp_path / "unet.pt")
+    save_random(ADMEncoderClassifier(**{**TINY_CLASSIFIER, "out_channels": 10}), tmp_path / "classifier.pt", seed=1)
+    components = {"diffusion": adm(TINY_CONDITIONAL),
+                  "classifier": ComponentConfig(pretrained="adm_classifier", path="classifier.pt",
+                                                config={**TINY_CLASSIFIER, "out_channels": 10}, role="classifier")}
+    module = SamplingModule(components, CompositionConfig(kind="classifier_guidance", parts=["diffusion"],
+                                                          classifier="classifier", scale=2.0, n_classes=10),
+                            SamplerConfig(kernel="reverse"), [3, 16, 16], checkpoint_root=str(tmp_path), respace=4)
+    labels = module.labels_for(torch.tensor([3, 14]))
+    assert labels.tolist() == [3, 4]
+    guided = module.target_for(labels)
+    x = torch.randn(2, 3, 16, 16)
+    evaluation = guided.evaluate(x, 1)
+    conditional = guided.target.evaluate(x, 1)
+    assert guided.target.labels.tolist() == [3, 4]
+    torch.testing.assert_close(evaluation.integrand, conditional.score, rtol=0, atol=0)
+    classifier = module.models["classifier"]
+    with torch.no_grad():
+        logits = classifier(x, module.schedule.model_t(1, 2, x.device))
+    log_p = torch.log_softmax(logits, -1)[torch.arange(2), labels]
+    torch.testing.assert_close(evaluation.exact, 2.0 * log_p, rtol=0, atol=1e-5)
 
 
 # ----- the ImageNet configs on CPU ------------------------------------------------------------------------------
@@ -188,8 +255,12 @@ def tiny_imagenet_config(name: str, checkpoints: Path, tmp_path: Path) -> tuple[
     fid["init_args"]["real_data"]["init_args"] = {"dataset": "folder", "root": str(real), "split": "test"}
     init = config["model"]["init_args"]
     init.update(checkpoint_root=str(checkpoints), sample_shape=[3, 16, 16], respace=4)
-    assert init["components"]["diffusion"]["config"] == "256x256_diffusion_uncond"
-    init["components"]["diffusion"].update(path="unet.pt", config=TINY_UNET)
+    published = init["components"]["diffusion"]["config"]
+    assert published in ("256x256_diffusion_uncond", "256x256_diffusion")
+    if published == "256x256_diffusion":  # class-conditional, over the classifier's 1000 classes
+        init["components"]["diffusion"].update(path="unet_cond.pt", config={**TINY_UNET, "num_classes": 1000})
+    else:
+        init["components"]["diffusion"].update(path="unet.pt", config=TINY_UNET)
     init["components"]["classifier"].update(path="classifier.pt", config=TINY_CLASSIFIER)
     config["data"]["init_args"].update(n_samples=3, batch_size=2)
     path = tmp_path / f"{name}.yaml"
@@ -226,6 +297,25 @@ def test_imagenet_configs_run_end_to_end_on_cpu(checkpoints: Path, tmp_path: Pat
     # rerunning resumes: every shard exists, nothing is sampled again, the samples are the same
     main(["predict", "--config", str(path)])
     np.testing.assert_array_equal(np.load(out / "samples.npz")["samples"], merged["samples"])
+
+
+@pytest.mark.slow
+def test_conditional_imagenet_config_runs_end_to_end_on_cpu(checkpoints: Path, tmp_path: Path, restore_environ):
+    """configs/imagenet/sample_conditional_guided_hmc.yaml with tiny checkpoints: labels by index condition the
+    model and guide the classifier."""
+    from lit_mcmc.cli import main
+
+    config, path = tiny_imagenet_config("sample_conditional_guided_hmc", checkpoints, tmp_path)
+    assert config["model"]["init_args"]["composition"]["scale"] == 1.0
+    config["trainer"]["callbacks"] = config["trainer"]["callbacks"][:1]  # the writer: samples only
+    path.write_text(yaml.safe_dump(config))
+    main(["predict", "--config", str(path)])
+    out = Path(config["trainer"]["default_root_dir"])
+    merged = np.load(out / "samples.npz")
+    assert merged["samples"].shape == (3, 3, 16, 16) and np.isfinite(merged["samples"]).all()
+    assert merged["labels"].tolist() == [0, 1, 2]  # index % 1000
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["sampler"] == "HMC-2-curve"
 
 
 @pytest.mark.slow
