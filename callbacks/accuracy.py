@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from callbacks.sample_metrics import SampleMetricCallback
 from lit_mcmc.metrics.images import r3_hits
+from lit_mcmc.metrics.uncertainty import proportion
 
 
 class AccuracyCallback(SampleMetricCallback):
@@ -34,6 +35,7 @@ class AccuracyCallback(SampleMetricCallback):
         if n_classes < 2:
             raise ValueError(f"n_classes={n_classes} must be >= 2")
         self.classifier = classifier.eval().requires_grad_(False)
+        self._n_scored = 0
         self.n_classes = n_classes
         self.r3 = MeanMetric()
         self.topk = MetricCollection(
@@ -53,6 +55,7 @@ class AccuracyCallback(SampleMetricCallback):
     def _reset(self) -> None:
         self.r3.reset()
         self.topk.reset()
+        self._n_scored = 0
 
     def _update(self, samples: Tensor, labels: Tensor | None) -> None:
         if labels is None:
@@ -65,7 +68,17 @@ class AccuracyCallback(SampleMetricCallback):
         labels = labels.to(logits.device).long()
         self.r3.update(r3_hits(logits.softmax(dim=1), labels).float())
         self.topk.update(logits, labels)
+        self._n_scored += len(labels)
 
     def _compute(self) -> dict[str, float]:
         values = {name: float(value) for name, value in self.topk.compute().items()}
         return {"r3_accuracy": float(self.r3.compute()), **values}
+
+    def _uncertainty(self) -> dict[str, float]:
+        """Each accuracy is a share of hits among the n scored samples: its binomial standard error and Wilson
+        interval."""
+        out: dict[str, float] = {}
+        for name, value in list(self.last_values.items()):
+            if name.endswith("accuracy"):
+                out.update(proportion(value, self._n_scored).as_metrics(name))
+        return out

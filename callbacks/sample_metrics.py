@@ -63,6 +63,11 @@ class SampleMetricCallback(Callback, ABC):
     def _compute(self) -> dict[str, float]:
         """The metrics over everything added since the last reset, reduced over ranks: {name: value}."""
 
+    def _uncertainty(self) -> dict[str, float]:
+        """Standard errors and 95 % intervals of the merged samples' metrics (``<name>_se``, ``_low``, ``_high``),
+        computed after :meth:`_compute` on global rank zero; none by default."""
+        return {}
+
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._prepare(trainer, pl_module)
         self._reset()
@@ -120,6 +125,7 @@ class SampleMetricCallback(Callback, ABC):
         finally:
             for m, value in zip(metrics, previous, strict=True):
                 m.sync_on_compute = value
+        self.last_values.update(self._uncertainty())
         report.add_metrics(self.last_values)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -18,6 +18,7 @@ from lit_mcmc.data.shards import atomic_write_json
 from lit_mcmc.metrics.uncertainty import trials
 
 TRIALS_FILE = "trials.json"
+UNCERTAINTY_SUFFIXES = ("_se", "_low", "_high")  # a trial's own uncertainty: the spread over trials replaces it
 
 
 def check_seeds(seeds: Any) -> list[int]:
@@ -42,7 +43,8 @@ def trial_args(argv: Sequence[str], seed: int, root: Path) -> list[str]:
 
 def aggregate_trials(root: Path, seeds: Sequence[int]) -> dict[str, Any]:
     """Reads each trial's ``metrics.json`` and writes ``root/trials.json``: per metric that every trial reports, its
-    mean, sample std, n, standard error and the values in seed order. Returns that record."""
+    mean, sample std, n, standard error and the values in seed order (a trial's own ``<metric>_se`` and interval
+    are left out). Returns that record."""
     per_seed = {}
     for seed in seeds:
         path = trial_dir(root, seed) / "metrics.json"
@@ -51,7 +53,8 @@ def aggregate_trials(root: Path, seeds: Sequence[int]) -> dict[str, Any]:
                                     "resume it")
         per_seed[seed] = json.loads(path.read_text())
     names = [name for name, value in per_seed[seeds[0]].items()
-             if isinstance(value, (int, float)) and all(name in metrics for metrics in per_seed.values())]
+             if isinstance(value, (int, float)) and not name.endswith(UNCERTAINTY_SUFFIXES)
+             and all(name in metrics for metrics in per_seed.values())]
     metrics = {}
     for name in names:
         values = [float(per_seed[seed][name]) for seed in seeds]

@@ -407,3 +407,43 @@ def test_metric_callbacks_score_every_sample_of_a_resumed_run(tmp_path) -> None:
     features = LinearFeatures()
     assert fid.last_value == pytest.approx(_reference_fid(features(real), features(samples)), rel=1e-3)
     assert json.loads((tmp_path / "metrics.json").read_text())["fid"] == pytest.approx(fid.last_value)
+
+
+def test_merged_scoring_reports_standard_errors_kid_and_precision_recall_from_one_feature_pass(tmp_path) -> None:
+    from callbacks.sample_writer import SampleWriter
+    from lit_mcmc.data.indices import SampleIndexDataModule
+    from lit_mcmc.metrics.feature_metrics import kid, precision_recall
+    from lit_mcmc.metrics.uncertainty import proportion
+
+    class CountingFeatures(LinearFeatures):
+        def __init__(self) -> None:
+            super().__init__()
+            self.images_seen = 0
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.images_seen += len(x)
+            return super().forward(x)
+
+    n, n_real, n_classes = 48, 80, 4
+    samples, real = _images(n, seed=5), _images(n_real, seed=6) * 0.8
+    labels = torch.arange(n) % n_classes
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(IMAGE_SHAPE), n_classes))
+    features = CountingFeatures()
+    fid = FIDCallback(feature_extractor=features, feature_name="linear", real_data=real, image_shape=IMAGE_SHAPE,
+                      every_n_epochs=0, n_boot=50)
+    accuracy = AccuracyCallback(classifier, n_classes=n_classes, every_n_epochs=0)
+    data = SampleIndexDataModule(n_samples=n, batch_size=16, output_dir=str(tmp_path))
+    _trainer(callbacks=[fid, accuracy, SampleWriter(str(tmp_path))]).predict(
+        IndexedSamplesModule(samples, labels), datamodule=data, return_predictions=False)
+
+    assert features.images_seen == n + n_real  # every image through the network once
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    fake_features, real_features = LinearFeatures()(quantize(samples)), LinearFeatures()(quantize(real))
+    expected_kid = kid(fake_features, real_features, seed=0)
+    assert metrics["kid"] == pytest.approx(expected_kid.value) and metrics["kid_se"] == pytest.approx(expected_kid.se)
+    for name, estimate in precision_recall(fake_features, real_features, n_real=n, seed=0).items():
+        assert metrics[name] == pytest.approx(estimate.value) and metrics[f"{name}_se"] == pytest.approx(estimate.se)
+    assert metrics["fid_se"] > 0 and metrics["fid_low"] < metrics["fid"] < metrics["fid_high"]
+    top1 = metrics["top1_accuracy"]
+    assert metrics["top1_accuracy_se"] == pytest.approx(proportion(top1, n).se)
+    assert metrics["r3_accuracy_low"] <= metrics["r3_accuracy"] <= metrics["r3_accuracy_high"]

@@ -35,6 +35,7 @@ def test_each_trial_is_the_run_of_its_seed_and_the_aggregate_is_their_mean(tmp_p
     record = json.loads((tmp_path / "trials" / "trials.json").read_text())
     assert record["seeds"] == [3, 5]
     per_seed = [json.loads((tmp_path / "trials" / f"seed_{s}" / "metrics.json").read_text()) for s in (3, 5)]
+    assert all(f"{name}_se" in m and f"{name}_se" not in record["metrics"] for m in per_seed for name in ("w2", "ll"))
     for name in ("w2", "gmm", "ll", "accept_rate"):
         values = [m[name] for m in per_seed]
         assert record["metrics"][name]["values"] == values
