@@ -304,6 +304,25 @@ def test_a_missing_tokenizer_package_is_one_line_naming_it(published: Path, monk
     assert "tiktoken" not in message
 
 
+def test_missing_caption_cleaners_are_one_line_naming_them(published: Path, monkeypatch):
+    import importlib.util
+
+    from lit_mcmc.pretrained.diffusers import files
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(files.importlib.util, "find_spec", lambda name, *a: None if name == "ftfy" else
+                        real(name, *a))
+    with pytest.raises(ImportError, match=r"cleans captions with ftfy, not installed: pip install ftfy"):
+        encode_with_pipeline(published["if"], ["a cat"], "model.components.if_stage_1.path")
+
+
+def test_sdxl_in_float16_decodes_with_a_float32_vae_as_its_pipeline(published: Path):
+    component = ComponentConfig(pretrained="diffusers", path=str(published["sdxl"]), torch_dtype="float16")
+    loaded = module_for(component, CompositionConfig(kind="single"), [4, RESOLUTION, RESOLUTION]).models["model"]
+    assert next(loaded.unet.parameters()).dtype == torch.float16
+    assert loaded.vae.config.force_upcast and next(loaded.vae.parameters()).dtype == torch.float32
+
+
 # ----- SD through its pipeline class ------------------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ module, and the config checks that use it, import without them.
 """
 
 from lit_mcmc.pretrained.diffusers.files import (
+    check_caption_packages,
     check_local_folder,
     check_tokenizer_packages,
     class_name,
@@ -87,6 +88,7 @@ __all__ = [
     "Tapestry",
     "UNetPredictor",
     "broadcast_batch",
+    "check_caption_packages",
     "check_local_folder",
     "check_micro_conditioning",
     "check_tokenizer_packages",

@@ -74,3 +74,13 @@ def check_tokenizer_packages(folder: Path, key: str) -> None:
         if (folder / name).is_file() and importlib.util.find_spec(package) is None:
             raise ImportError(f"the tokenizer in {folder} ({key}) is a {name} file, which needs the '{package}' "
                               f"package: pip install {package} (it is in lit-mcmc's [pretrained] extra)")
+
+
+def check_caption_packages(key: str) -> None:
+    """IF's pipeline cleans captions with BeautifulSoup and ftfy; without them diffusers would silently only
+    lower-case them, and the embeddings would differ from the pipeline's: one line naming what to install."""
+    missing = [package for module, package in (("bs4", "beautifulsoup4"), ("ftfy", "ftfy"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ImportError(f"the pipeline in {key} cleans captions with {' and '.join(missing)}, not installed: pip "
+                          f"install {' '.join(missing)} (they are in lit-mcmc's [pretrained] extra)")

@@ -47,11 +47,20 @@ class DiffusersComponent(nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Images in [−1, 1] from latents: ``vae.decode(latents / scaling_factor).sample``, clamped."""
+        """Images in [−1, 1] from latents, as the pipelines decode them: ``vae.decode(latents / scaling_factor)``,
+        or ``latents · latents_std / scaling_factor + latents_mean`` when the VAE's config gives both; clamped."""
         if self.vae is None:
             raise ValueError("this diffusers component has no VAE: its samples are images already")
         param = next(self.vae.parameters())
-        scaled = latents.to(device=param.device, dtype=param.dtype) / self.vae.config.scaling_factor
+        config = self.vae.config
+        scaled = latents.to(device=param.device, dtype=param.dtype)
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, len(mean)) + (1,) * (scaled.dim() - 2)
+            scaled = (scaled * torch.tensor(std).view(shape).to(scaled) / config.scaling_factor
+                      + torch.tensor(mean).view(shape).to(scaled))
+        else:
+            scaled = scaled / config.scaling_factor
         images = self.vae.decode(scaled).sample
         return images.to(device=latents.device, dtype=latents.dtype).clamp(-1.0, 1.0)
 
@@ -143,7 +152,9 @@ def load_pipeline(path: Path, given: str, key: str, subfolder: str | None = None
     pipeline = Pipeline(unet, None if scheduler is None else schedule_from_scheduler(scheduler),
                         None if scheduler is None else scheduler.config.get("prediction_type", "epsilon"))
     if (path / "vae").is_dir():
-        pipeline.vae = _load_vae(path / "vae", dtype, variant, key)
+        vae = _load_vae(path / "vae", dtype, variant, key)
+        # SDXL's pipeline decodes in float32 a float16 VAE whose config says force_upcast (it overflows in float16)
+        pipeline.vae = vae.float() if dtype == torch.float16 and getattr(vae.config, "force_upcast", False) else vae
     return pipeline
 
 

@@ -21,7 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from lit_mcmc.checkpoints import read_checkpoint
-from lit_mcmc.pretrained.diffusers.files import check_tokenizer_packages, has_safetensors, refuse_pickled_weights
+from lit_mcmc.pretrained.diffusers.files import (
+    check_caption_packages,
+    check_tokenizer_packages,
+    has_safetensors,
+    refuse_pickled_weights,
+)
 from lit_mcmc.pretrained.diffusers.unet import TORCH_DTYPES
 
 # encode_prompt arguments set here; any other argument it shares with the pipeline's __call__ takes __call__'s
@@ -110,6 +115,8 @@ def encode_with_pipeline(folder: Path, prompts: Sequence[str], key: str = "path"
     pipeline = load_text_pipeline(folder, key, torch_dtype, variant)
     texts = list(dict.fromkeys(prompts))
     arguments = {**pipeline_defaults(pipeline), **overrides}
+    if arguments.get("clean_caption"):
+        check_caption_packages(key)
     outputs = pipeline.encode_prompt(prompt=texts or [""], device=torch.device("cpu"), num_images_per_prompt=1,
                                      do_classifier_free_guidance=True, negative_prompt=None, **arguments)
     if not isinstance(outputs, tuple) or len(outputs) not in (2, 4):
