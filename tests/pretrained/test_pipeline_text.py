@@ -252,6 +252,19 @@ def test_sdxl_config_runs_end_to_end(published: Path, tmp_path: Path, restore_en
     assert stats["sampler"] == "HMC-2-curve" and stats["hparams"]["composition"] == "prompt_product"
 
 
+def test_sdxl_saved_embeddings_with_pooled_parts_replace_the_encoders(published: Path, tmp_path: Path):
+    """The docs' recipe: encode once, save {text: {hidden, pooled}}, and read it through ``embeddings:``."""
+    prompts = ["a photo of a snowy mountain", "a lake at sunset"]
+    table = encode_with_pipeline(published["sdxl"], prompts)
+    torch.save({text: {"hidden": 2 * e.hidden, "pooled": 2 * e.pooled} for text, e in table.items()},
+               tmp_path / "prompts.pt")
+    _, component, composition = config_component("sample_sdxl_prompt_product_hmc", published["sdxl"],
+                                                 embeddings=str(tmp_path / "prompts.pt"))
+    group = module_for(component, composition, [4, RESOLUTION, RESOLUTION]).target.groups[0]
+    torch.testing.assert_close(group.embeddings, 2 * torch.stack([table[t].hidden for t in ["", *prompts]]))
+    torch.testing.assert_close(group.pooled, 2 * torch.stack([table[t].pooled for t in ["", *prompts]]))
+
+
 # ----- DeepFloyd IF ------------------------------------------------------------------------------------------------
 
 
