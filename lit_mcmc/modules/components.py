@@ -16,6 +16,7 @@ from typing import Any, Literal
 from torch import Tensor, nn
 
 from lit_mcmc.checkpoints import check_readable, read_checkpoint
+from lit_mcmc.denoisers import DenoiserConfig
 from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 from lit_mcmc.modules.classifiers import ClassifierModule, NoisyClassifierModule
 from lit_mcmc.modules.diffusion import DiffusionModule
@@ -60,6 +61,11 @@ class ComponentConfig:
     ``model_index.json`` encodes prompts with its pipeline class's own ``encode_prompt``; an SDXL-type UNet also
     gets the pooled text embedding and ``micro_conditioning`` ({original_size, crops_coords_top_left,
     target_size}; default: the pipeline's, at the model's native size).
+
+    ``denoiser`` (``role: diffusion``): a user's EDM-style network D(x, σ, **cond) named by its class (``network``)
+    and weights file, with or without EDM preconditioning (:class:`~lit_mcmc.denoisers.DenoiserConfig`;
+    docs/gaussian_paths.md). It has no levels of its own: ``model.schedule`` gives them (any Gaussian path, e.g.
+    ``kind: karras``).
     """
 
     checkpoint: str | None = None
@@ -82,12 +88,18 @@ class ComponentConfig:
     normalize: bool | None = None
     class_labels: list[int] | None = None
     micro_conditioning: dict[str, list[int]] | None = None
+    denoiser: DenoiserConfig | None = None
 
     def __post_init__(self) -> None:
-        given = [k for k in ("checkpoint", "analytic", "pretrained") if getattr(self, k) is not None]
+        if isinstance(self.denoiser, dict):  # a config read as plain data
+            self.denoiser = DenoiserConfig(**self.denoiser)
+        given = [k for k in ("checkpoint", "analytic", "pretrained", "denoiser") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("a component needs exactly one of 'checkpoint' (a lit-mcmc fit checkpoint), 'analytic' "
-                             f"(one of {list(ANALYTIC)}) or 'pretrained' (one of {list(PRETRAINED)}); got {given}")
+                             f"(one of {list(ANALYTIC)}), 'pretrained' (one of {list(PRETRAINED)}) or 'denoiser' "
+                             f"(your own EDM-style network); got {given}")
+        if self.denoiser is not None and self.role != "diffusion":
+            raise ValueError(f"a denoiser component is a diffusion model: set role: diffusion (got role: {self.role})")
         if self.analytic is not None and self.analytic not in ANALYTIC:
             raise ValueError(f"analytic={self.analytic!r} is not one of {list(ANALYTIC)}")
         if self.role not in ROLES:
@@ -188,9 +200,11 @@ class ComponentConfig:
 
     @property
     def kind(self) -> str:
-        """"checkpoint", "analytic", or the pretrained kind."""
+        """"checkpoint", "analytic", "denoiser", or the pretrained kind."""
         if self.pretrained is not None:
             return self.pretrained
+        if self.denoiser is not None:
+            return "denoiser"
         return "checkpoint" if self.checkpoint is not None else "analytic"
 
 
@@ -348,9 +362,19 @@ def has_exact_log_prob(spec: ComponentConfig, root: str | Path) -> bool | None:
     return hparams.get("parameterization") == "energy"
 
 
+def load_denoiser(name: str, spec: ComponentConfig, root: Path) -> LoadedComponent:
+    """A user's EDM-style denoiser (``lit_mcmc/denoisers.py``): no levels of its own, a Target on any path."""
+    from lit_mcmc.denoisers import DenoiserTarget, build_denoiser
+
+    denoiser = spec.denoiser
+    assert denoiser is not None
+    net = build_denoiser(denoiser, root, f"model.components.{name}.denoiser")
+    return LoadedComponent(net, None, lambda schedule: DenoiserTarget(net, schedule, denoiser.cond))
+
+
 LOADERS: dict[str, Callable[[str, ComponentConfig, Path], LoadedComponent]] = {
     "checkpoint": load_checkpoint, "analytic": load_analytic, "adm": load_adm, "adm_classifier": load_adm,
-    "diffusers": load_diffusers,
+    "diffusers": load_diffusers, "denoiser": load_denoiser,
 }
 
 
