@@ -42,6 +42,7 @@ from lit_mcmc.experiments.jobs import (
     run_experiment,
     write_results,
 )
+from lit_mcmc.metrics.uncertainty import MARK, marked_cells, mean_std_text
 
 CONFIGS = REPO / "configs" / "mnist"
 CONFIG_ROOT = "runs/mnist"  # the output root written in the configs, replaced by OUT
@@ -86,7 +87,12 @@ PRESETS = {
     "smc": Preset(rows=("sample_score_reverse", "sample_score_hmc"), seeds=(0, 1, 2), particles=True),
     "smc_smoke": Preset(max_steps=3, ch=8, n_samples=4, batch_size=4, respace=3, rows=("sample_score_hmc",),
                         seeds=(0, 1), particles=True),
+    # every demo row with 3 sampling seeds (the demo's trained models when --out is the demo's folder)
+    "seeds": Preset(seeds=(0, 1, 2)),
+    "seeds_smoke": Preset(max_steps=3, ch=8, n_samples=12, batch_size=6, respace=3,
+                          rows=("sample_score_reverse", "sample_score_hmc"), seeds=(0, 1)),
 }
+BASELINE = "sample_score_reverse"  # differences are marked against the reverse process
 
 
 @dataclass(frozen=True)
@@ -189,7 +195,8 @@ def read_row(out: Path, row: Row) -> dict[str, Any]:
             **{k: stats[k] for k in ("accept_rate", "nfe_per_sample", "sampling_seconds", "n_samples")
                if k in stats},
             **{k: stats[k] for k in ("ess_mean", "unique_ancestors_mean") if k in stats},
-            **{k: metrics[k] for k in ("r3_accuracy", "top1_accuracy", "fid")}}
+            **{k: metrics[k] for k in ("r3_accuracy", "top1_accuracy", "fid")},
+            **{k: metrics[k] for k in ("kid", "precision", "recall") if k in metrics}}
 
 
 def real_digits_row(out: Path, n: int) -> dict[str, Any]:
@@ -202,6 +209,7 @@ def real_digits_row(out: Path, n: int) -> dict[str, Any]:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     from lit_mcmc.data.images import load_images
+    from lit_mcmc.metrics.feature_metrics import kid, precision_recall
     from lit_mcmc.metrics.images import ClassifierFeatures, r3_hits
     from lit_mcmc.modules.classifiers import load_classifier
 
@@ -209,16 +217,20 @@ def real_digits_row(out: Path, n: int) -> dict[str, Any]:
     real = load_images("mnist", split="test")
     images = torch.stack([real[i][0] for i in range(len(real))])
     labels = real.labels
-    fid = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), normalize=True,
-                                   input_img_size=(1, 28, 28))
+    features = ClassifierFeatures(classifier)
+    fid = FrechetInceptionDistance(feature=features, normalize=True, input_img_size=(1, 28, 28))
     with torch.no_grad():
+        real_features = torch.cat([features(chunk) for chunk in images.split(1000)])
         for chunk in images.split(1000):
             fid.update(chunk, real=True)
         fid.update(images[:n], real=False)
         probs = classifier(images[:n]).softmax(dim=1)
+    scored = real_features[:n]
     return {"key": "real", "model": "data", "sampler": f"{n} real t10k digits (floor)", "adjusted": False,
             "r3_accuracy": float(r3_hits(probs, labels[:n]).float().mean()),
-            "top1_accuracy": float((probs.argmax(1) == labels[:n]).float().mean()), "fid": float(fid.compute())}
+            "top1_accuracy": float((probs.argmax(1) == labels[:n]).float().mean()), "fid": float(fid.compute()),
+            "kid": kid(scored, real_features).value,
+            **{name: e.value for name, e in precision_recall(scored, real_features, n_real=n).items()}}
 
 
 def row_cells(row: dict[str, Any]) -> list[str]:
@@ -238,24 +250,29 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def trials_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows that differ only in seed as one line: mean ± population std over the seeds (n), and the mean ESS."""
+    """Rows that differ only in seed as one line: mean ± sample std over the seeds, ``*`` where the mean differs from
+    the reverse process's by more than two standard errors (Welch, over the seeds), and the mean ESS."""
     variants: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         variants.setdefault(row.get("variant", row["key"]), []).append(row)
 
-    def spread(runs: list[dict[str, Any]], key: str, fmt: str) -> str:
-        values = np.array([r[key] for r in runs if key in r], dtype=np.float64)
-        if len(values) == 0:
-            return DASH
-        return fmt % values.mean() if len(values) == 1 else f"{fmt % values.mean()} ± {fmt % values.std()}"
+    def column(key: str, fmt: str, marked: bool = True) -> dict[str, str]:
+        values = {variant: [r[key] for r in runs if key in r] for variant, runs in variants.items()}
+        if marked and BASELINE in values and values[BASELINE]:
+            return marked_cells(values, BASELINE, fmt)
+        return {variant: mean_std_text(v, fmt) if v else DASH for variant, v in values.items()}
 
-    body = [[runs[0]["model"], runs[0]["sampler"], str(len(runs)), spread(runs, "r3_accuracy", "%.3f"),
-             spread(runs, "top1_accuracy", "%.3f"), spread(runs, "fid", "%.2f"),
-             spread(runs, "accept_rate", "%.3f") if runs[0]["adjusted"] else DASH, spread(runs, "ess_mean", "%.1f"),
-             spread(runs, "nfe_per_sample", "%.0f"), spread(runs, "sampling_seconds", "%.0f")]
-            for runs in variants.values()]
-    return markdown_table(["Model", "Sampler", "seeds", "Accuracy ↑", "Top-1 ↑", "FID ↓", "accept", "ESS",
-                           "NFE/sample", "sampling s"], body)
+    columns = [column(key, fmt) for key, fmt in (("r3_accuracy", "%.3f"), ("top1_accuracy", "%.3f"),
+                                                 ("fid", "%.2f"), ("kid", "%.4f"), ("precision", "%.3f"),
+                                                 ("recall", "%.3f"))]
+    plain = [column(key, fmt, marked=False) for key, fmt in (("ess_mean", "%.1f"), ("nfe_per_sample", "%.0f"),
+                                                             ("sampling_seconds", "%.0f"))]
+    accept = column("accept_rate", "%.3f", marked=False)
+    body = [[runs[0]["model"], runs[0]["sampler"], str(len(runs)), *(c[variant] for c in columns),
+             accept[variant] if runs[0]["adjusted"] else DASH, *(c[variant] for c in plain)]
+            for variant, runs in variants.items()]
+    return markdown_table(["Model", "Sampler", "seeds", "Accuracy ↑", "Top-1 ↑", "FID ↓", "KID ↓", "Precision ↑",
+                           "Recall ↑", "accept", "ESS", "NFE/sample", "sampling s"], body)
 
 
 def settings(out: Path, preset: Preset) -> dict[str, Any]:
@@ -334,9 +351,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     rows, timings = run_experiment(phases, args.jobs, evaluate)
     setup = settings(out, preset)
     body = table(rows) if preset.seeds is None else (
-        f"Sampling seeds {list(preset.seeds)} per row (mean ± population std over seeds; particles: Feynman–Kac "
-        f"weights, groups of {SMC_GROUP} samples guided to one digit, ESS threshold 0.5, final resampling):\n\n"
-        + trials_table(rows))
+        f"Sampling seeds {list(preset.seeds)} per row: mean ± sample std over the seeds; {MARK}: the mean differs "
+        "from the score model's Reverse row by more than two standard errors of the difference (Welch, over the "
+        "seeds). KID in the classifier's features (torch-fidelity's units), precision/recall with k = 3 against "
+        "as many real digits"
+        + (f"; particles: Feynman–Kac weights, groups of {SMC_GROUP} samples guided to one digit, ESS threshold "
+           "0.5, final resampling" if preset.particles else "") + ":\n\n" + trials_table(rows))
     text = caption(args.preset, setup, timings) + "\n\n" + body + "\n"
     return write_results(out, text, {"preset": args.preset, "changes": asdict(preset), "settings": setup,
                                      "rows": rows}, timings)

@@ -94,3 +94,20 @@ def test_smoke_preset_end_to_end_and_resume(tmp_path: Path, capsys: pytest.Captu
     assert capsys.readouterr().err.count(": outputs exist") == 7
     assert [line for line in again.splitlines() if line.startswith("|")] == [
         line for line in text.splitlines() if line.startswith("|")]
+
+
+def test_trials_table_marks_differences_from_reverse_beyond_two_standard_errors():
+    from lit_mcmc.experiments.mnist import trials_table
+
+    def trial(variant: str, sampler: str, fid: float, accuracy: float) -> dict:
+        return {"key": variant, "variant": variant, "model": "score", "sampler": sampler, "adjusted": False,
+                "r3_accuracy": accuracy, "top1_accuracy": accuracy, "fid": fid, "kid": 0.01, "precision": 0.5,
+                "recall": 0.5, "nfe_per_sample": 10, "sampling_seconds": 30.0}
+
+    rows = [trial("sample_score_reverse", "Reverse", fid, 0.9) for fid in (14.0, 14.5, 15.0)]
+    rows += [trial("sample_score_hmc", "HMC", fid, acc) for fid, acc in ((4.0, 0.90), (4.5, 0.91), (5.0, 0.89))]
+    lines = {line.split(" | ")[1]: line for line in trials_table(rows).splitlines()[2:]}
+    assert "14.50 ± 0.50 |" in lines["Reverse"] and "*" not in lines["Reverse"]
+    assert "4.50 ± 0.50* |" in lines["HMC"]  # 10 apart, Welch s.e. 0.41
+    assert "0.900 ± 0.010 |" in lines["HMC"]  # accuracy: no real difference, no mark
+    assert "30 ± 0 |" in lines["HMC"]  # costs are never marked
