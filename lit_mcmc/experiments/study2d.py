@@ -57,6 +57,7 @@ from lit_mcmc.experiments.toy2d import (
     train_dir,
     trained_models,
 )
+from lit_mcmc.metrics.uncertainty import MARK, paired
 
 SAMPLER = "--model.init_args.sampler."
 # The tuning pass at the study's budget: 128 chains, 50 adaptation steps per level (the defaults are 256 and 100;
@@ -75,6 +76,7 @@ class StudyRow:
     label: str
     overrides: tuple[str, ...] = ()
     table_from: str | None = None
+    compare_to: str | None = None  # the row whose metrics this one is tested against (the table's "vs" column)
 
     @property
     def model(self) -> str:
@@ -94,19 +96,23 @@ def model_rows(model: str, hmc: str, hmc_label: str, langevin: str, langevin_lab
     """The rows of one model kind: HMC family, then Langevin family."""
     uhmc, ula = f"sample_{model}_uhmc", f"sample_{model}_ula"
     hmc_stem, langevin_stem = f"sample_{model}_{hmc}", f"sample_{model}_{langevin}"
+    # each row is tested against the row it answers a question about: the MH correction at equal ε (adjusted vs
+    # unadjusted twin), and tuning (tuned vs paper ε)
     return [
         StudyRow(f"{model}_uhmc", uhmc, "U-HMC, paper ε"),
         StudyRow(f"{model}_uhmc_reference_levels", uhmc, "U-HMC, paper ε, reference levels (no MCMC at t=0)",
-                 (f"{SAMPLER}min_mcmc_level", "1")),
-        StudyRow(f"{model}_{hmc}", hmc_stem, f"{hmc_label}, paper ε"),
-        StudyRow(f"{model}_{hmc}_tuned", hmc_stem, f"{hmc_label}, tuned ε ({HMC_ACCEPT})", tuned(HMC_ACCEPT)),
-        StudyRow(f"{model}_uhmc_tuned", uhmc, f"U-HMC at {hmc_label}'s tuned ε", table_from=f"{model}_{hmc}_tuned"),
+                 (f"{SAMPLER}min_mcmc_level", "1"), compare_to=f"{model}_uhmc"),
+        StudyRow(f"{model}_{hmc}", hmc_stem, f"{hmc_label}, paper ε", compare_to=f"{model}_uhmc"),
+        StudyRow(f"{model}_{hmc}_tuned", hmc_stem, f"{hmc_label}, tuned ε ({HMC_ACCEPT})", tuned(HMC_ACCEPT),
+                 compare_to=f"{model}_{hmc}"),
+        StudyRow(f"{model}_uhmc_tuned", uhmc, f"U-HMC at {hmc_label}'s tuned ε", table_from=f"{model}_{hmc}_tuned",
+                 compare_to=f"{model}_{hmc}_tuned"),
         StudyRow(f"{model}_ula", ula, "U-LA, paper ε"),
-        StudyRow(f"{model}_{langevin}", langevin_stem, f"{langevin_label}, paper ε"),
+        StudyRow(f"{model}_{langevin}", langevin_stem, f"{langevin_label}, paper ε", compare_to=f"{model}_ula"),
         StudyRow(f"{model}_{langevin}_tuned", langevin_stem, f"{langevin_label}, tuned ε ({LANGEVIN_ACCEPT})",
-                 tuned(LANGEVIN_ACCEPT)),
+                 tuned(LANGEVIN_ACCEPT), compare_to=f"{model}_{langevin}"),
         StudyRow(f"{model}_ula_tuned", ula, f"U-LA at {langevin_label}'s tuned ε",
-                 table_from=f"{model}_{langevin}_tuned"),
+                 table_from=f"{model}_{langevin}_tuned", compare_to=f"{model}_{langevin}_tuned"),
     ]
 
 
@@ -128,10 +134,12 @@ def smc_rows(model: str, stem: str, label: str, extra: tuple[str, ...] = (), wei
     denoising (with reverse steps the last one already returns Tweedie's x̂_0)."""
     smc, name = (EXACT_SMC, "SMC") if weights == "exact" else (FK_SMC, "SMC (FK)")
     key = f"{model}_{stem.removeprefix(f'sample_{model}_')}" + ("_reverse" if extra == REVERSE else "")
-    rows = [StudyRow(key, stem, label, extra), StudyRow(f"{key}_smc", stem, f"{label} + {name}", (*extra, *smc))]
+    rows = [StudyRow(key, stem, label, extra),
+            StudyRow(f"{key}_smc", stem, f"{label} + {name}", (*extra, *smc), compare_to=key)]
     if REVERSE != extra and stem != "sample_score_reverse":
-        rows += [StudyRow(f"{key}_denoise", stem, f"{label}, denoised", (*extra, *DENOISE)),
-                 StudyRow(f"{key}_smc_denoise", stem, f"{label} + {name}, denoised", (*extra, *smc, *DENOISE))]
+        rows += [StudyRow(f"{key}_denoise", stem, f"{label}, denoised", (*extra, *DENOISE), compare_to=key),
+                 StudyRow(f"{key}_smc_denoise", stem, f"{label} + {name}, denoised", (*extra, *smc, *DENOISE),
+                          compare_to=f"{key}_denoise")]
     return rows
 
 
@@ -193,7 +201,7 @@ def read_study_run(run_dir: Path) -> dict[str, Any]:
 def collect_study(out: Path, trials: int, n_samples: int, study_rows: Sequence[StudyRow]) -> list[dict[str, Any]]:
     """One record per row (and the exact floor): per-trial numbers, their mean and population std."""
     rows = [{"key": row.key, "model": row.model, "sampler": row.label, "distribution": "product",
-             "adjusted": read_run(samples_dir(out, 0) / row.key)["adjusted"],
+             "compare_to": row.compare_to, "adjusted": read_run(samples_dir(out, 0) / row.key)["adjusted"],
              "trials": [read_study_run(samples_dir(out, k) / row.key) for k in range(trials)]} for row in study_rows]
     rows.append({"key": EXACT, "model": EXACT, "sampler": "exact samples (floor)", "adjusted": False,
                  "distribution": "product", "trials": [exact_floor(n_samples, k) for k in range(trials)]})
@@ -205,20 +213,38 @@ def collect_study(out: Path, trials: int, n_samples: int, study_rows: Sequence[S
     return rows
 
 
+def marked_metric(row: dict[str, Any], by_key: dict[str, dict[str, Any]], metric: str, fmt: str) -> str:
+    """"mean ± population std" of a metric over the trials, with ``*`` when it differs from the ``compare_to`` row's
+    by more than two standard errors of the paired difference (trial k of both rows shares its trained models, its
+    sampling seed and its reference set, so the per-trial differences carry the comparison)."""
+    values = [run[metric] for run in row["trials"] if metric in run]
+    text = mean_std(values, fmt)
+    other = by_key.get(row.get("compare_to") or "")
+    if other is not None and len(values) > 1:
+        base = [run[metric] for run in other["trials"] if metric in run]
+        if len(base) == len(values) and paired(values, base).significant:
+            text += MARK
+    return text
+
+
 def study_table(rows: Sequence[dict[str, Any]], particles: bool = False) -> str:
-    """Markdown: model, sampler, LL/W2/GMM (mean ± std), share outside the bar, acceptance, ε at t=99 → t=0 (trial
-    mean) or, for the particle study, the mean ESS, then NFE and wall time."""
+    """Markdown: model, sampler, the row it is tested against ("vs"), LL/W2/GMM and the share outside the bar
+    (mean ± std, ``*`` where the paired difference to "vs" exceeds two standard errors), acceptance, ε at t=99 → t=0
+    (trial mean) or, for the particle study, the mean ESS, then NFE and wall time."""
+    by_key = {row["key"]: row for row in rows}
     body = []
     for row in rows:
         cells = row_cells(row, list(METRIC_FORMATS))
         mean = row["mean"]
-        outside = mean_std([r["outside"] for r in row["trials"] if "outside" in r], "%.3f")
+        marked = [marked_metric(row, by_key, metric, fmt) for metric, fmt in (*METRIC_FORMATS.items(),
+                                                                              ("outside", "%.3f"))]
         if particles:
             extra = f"{mean['ess_mean']:.1f}" if "ess_mean" in mean else "–"
         else:
             extra = f"{mean['step_first']:.3g} → {mean['step_last']:.3g}" if "step_first" in mean else "–"
-        body.append([*cells[:-3], outside, cells[-3], extra, *cells[-2:]])
-    return markdown_table(["Model", "Sampler", *METRIC_HEADERS.values(), "outside bar", "accept",
+        vs = by_key[row["compare_to"]]["sampler"] if row.get("compare_to") in by_key else "–"
+        body.append([*cells[:2], vs, *marked, cells[-3], extra, *cells[-2:]])
+    return markdown_table(["Model", "Sampler", "vs", *METRIC_HEADERS.values(), "outside bar", "accept",
                            "ESS (mean)" if particles else "ε (t=99 → 0)", "NFE/sample", "wall s"], body)
 
 
@@ -272,8 +298,11 @@ def run_study(args: argparse.Namespace) -> str:
              "NFE/sample; the tuned rows' wall s includes it). ε: the step at the first and the last level (trial "
              "mean). ")
     text = (f"2D {'particle ' if particles else ''}study (product GMM × bar), {args.trials} trial(s), mean ± "
-            f"population std. Budget: {preset.reductions()}; {about}Outside bar: the share of samples with "
-            f"|x| >= 0.2. {timings.summary()}\n\n" + study_table(rows, particles) + "\n")
+            f"population std; {MARK}: differs from the row named in 'vs' by more than two standard errors of the "
+            "paired difference (trial k of both rows shares its models and its sampling seed). Budget: "
+            f"{preset.reductions()}; {about}"
+            f"Outside bar: the share of samples with |x| >= 0.2. {timings.summary()}\n\n"
+            + study_table(rows, particles) + "\n")
     return write_results(out, text, {"preset": args.preset,
                                      "settings": {f.name: getattr(preset, f.name) for f in fields(preset)},
                                      "tuning": list(TUNING), "trials": args.trials, "n_samples": n_samples,

@@ -54,3 +54,21 @@ def test_particle_study_pairs_every_sampler_with_and_without_particles(tmp_path:
     assert option(jobs["oracle_hmc"], "--data.init_args.n_samples") == "512"
     assert int(option(jobs["oracle_hmc_smc"], "--data.init_args.batch_size")) % 64 == 0
     assert len(phases["train"]) == 5 * 4
+
+
+def test_study_table_marks_paired_differences_to_the_compared_row():
+    from lit_mcmc.experiments.study2d import study_table
+
+    def row(key, sampler, compare_to, w2s):
+        trials = [{"ll": 1.0 + 0.1 * k, "w2": w2, "gmm": 0.01, "outside": 0.05} for k, w2 in enumerate(w2s)]
+        return {"key": key, "model": "oracle", "sampler": sampler, "compare_to": compare_to, "adjusted": False,
+                "distribution": "product", "trials": trials, "mean": {}}
+
+    base = [0.10, 0.20, 0.30, 0.15, 0.25]
+    rows = [row("a", "A", None, base),
+            row("shifted", "A + shift", "a", [w + 0.01 for w in base]),  # tiny but in every trial: paired, marked
+            row("noisy", "A + noise", "a", [w + d for w, d in zip(base, (0.05, -0.04, 0.03, -0.05, 0.02))])]
+    lines = {line.split(" | ")[1]: line.split(" | ") for line in study_table(rows).splitlines()[2:]}
+    assert lines["A + shift"][2] == "A" and lines["A + shift"][4].endswith("*")
+    assert not lines["A + noise"][4].endswith("*") and not lines["A"][4].endswith("*")
+    assert not lines["A + shift"][3].endswith("*")  # the same LL in both rows
