@@ -43,8 +43,10 @@ class ComponentConfig:
     ``role: diffusion``) or "adm_classifier" (its noisy classifier, ``role: classifier``), read from the file
     ``path`` and built from ``config`` (a published config name such as "256x256_diffusion_uncond", or a dict of
     constructor arguments); ``schedule`` overrides the schedule it was trained on (default: linear, T = 1000;
-    cosine for the 64x64 models) and ``use_fp16`` the config's half-precision body. Relative ``checkpoint`` and
-    ``path`` values start at the SamplingModule's ``checkpoint_root``.
+    cosine for the 64x64 models) and ``use_fp16`` the config's half-precision body. A class-conditional ADM UNet
+    ("256x256_diffusion", …) conditions sample i on class i % num_classes, or on ``class_labels[i % len]``; under
+    ``classifier_guidance`` on the guidance's labels. Relative ``checkpoint`` and ``path`` values start at the
+    SamplingModule's ``checkpoint_root``.
 
     ``pretrained: diffusers`` (``role: diffusion``): a saved diffusers pipeline folder ``path`` (``unet/``,
     ``scheduler/``, and as needed ``vae/`` for latent models, ``tokenizer/`` + ``text_encoder/`` for prompts), or
