@@ -3,19 +3,22 @@
 A diffusers UNet predicts ε, v or x̂₀ (the scheduler's ``prediction_type``); every one of them is turned into ε̂
 and the score −ε̂/σ_t, so each sampler, MH correction, composition and callback of lit_mcmc works on it unchanged.
 
-- :func:`schedule_from_scheduler`: the scheduler's ᾱ_t as a :class:`~lit_mcmc.diffusion.NoiseSchedule` whose
-  network time input is the scheduler's training timestep.
-- :class:`DiffusersTarget`: one UNet with fixed conditioning (class labels, text embeddings, …).
-- :class:`PromptProduct`: ε = ε(∅) + Σᵢ wᵢ(ε(cᵢ) − ε(∅)), i.e. p(x|∅)·Πᵢ(p(x|cᵢ)/p(x|∅))^{wᵢ}; a negative weight is
-  a negation, one prompt is classifier-free guidance. The empty prompt and all prompts share one batched UNet call.
-- :class:`Tapestry`: a canvas larger than the model, covered by square regions with their own prompt products;
-  the composed score is the sum of the regions' scores placed back on their crops (optionally divided by the
-  number of regions covering each pixel). All regions share one batched UNet call.
-- :func:`load_pipeline`: a pipeline folder saved by diffusers (``unet/``, ``scheduler/``, optional ``vae/``,
-  ``text_encoder/``, ``tokenizer/``), read with ``local_files_only=True``: nothing is ever downloaded.
+- ``unet.py``: :func:`schedule_from_scheduler` (the scheduler's ᾱ_t as a :class:`~lit_mcmc.diffusion.NoiseSchedule`
+  whose network time input is the training timestep) and :class:`DiffusersTarget`, a
+  :class:`~lit_mcmc.targets.ScoreModelTarget` whose ε call is the UNet's (fixed conditioning).
+- ``prompts.py``: :class:`PromptProduct` (ε = ε(∅) + Σᵢ wᵢ(ε(cᵢ) − ε(∅)), one batched UNet call) and
+  :class:`Tapestry` (square regions of a larger canvas, each a prompt product on its crop; regions parsed once by
+  :func:`parse_regions`).
+- ``text.py``: prompt embeddings as the model's own pipeline makes them (:func:`encode_with_pipeline`: the class
+  ``model_index.json`` names, its ``encode_prompt``), or from a bare tokenizer and encoder, or a saved file.
+- ``files.py``: local folders only, ``.safetensors`` preferred, pickled ``.bin`` files refused by name, the
+  packages a tokenizer needs.
+- ``loading.py``: :func:`load_pipeline` (UNet, scheduler, VAE) and :func:`load_component` (a component config's
+  pipeline and Target maker, SDXL's pooled embeddings and ``time_ids`` included).
 
-diffusers and transformers (the ``[pretrained]`` extra) are imported inside the functions that need them, so this
-module, and the config checks that use it, import without them.
+Nothing is ever downloaded (``local_files_only=True``). diffusers and transformers (the ``[pretrained]`` extra) are
+imported inside the functions that need them, so this package, and the config checks that use it, import without
+them.
 """
 
 from lit_mcmc.pretrained.diffusers.files import (
