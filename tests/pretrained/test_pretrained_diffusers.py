@@ -345,6 +345,23 @@ def test_class_conditional_unet_follows_the_sample_index(tmp_path: Path):
                        [3, RESOLUTION, RESOLUTION])
 
 
+def test_class_conditional_unet_without_class_labels_takes_the_index_modulo_its_classes(tmp_path: Path):
+    torch.manual_seed(0)
+    UNet2DModel(sample_size=RESOLUTION, in_channels=3, out_channels=3, layers_per_block=1,
+                block_out_channels=(16, 32), down_block_types=("DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+                num_class_embeds=5).save_pretrained(tmp_path / "unet")
+    DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "scheduler")
+    module = SamplingModule({"net": ComponentConfig(pretrained="diffusers", path=str(tmp_path))},
+                            CompositionConfig(kind="single"), SamplerConfig(kernel="reverse"),
+                            [3, RESOLUTION, RESOLUTION], respace=2)
+    assert module.labels_for(torch.tensor([0, 4, 7])).tolist() == [0, 4, 2]
+    assert torch.isfinite(module.predict_step(torch.tensor([0, 6]), 0)["samples"]).all()
+    with pytest.raises(ValueError, match=r"class_labels \[5\] are not classes of this UNet \(num_class_embeds=5"):
+        SamplingModule({"net": ComponentConfig(pretrained="diffusers", path=str(tmp_path), class_labels=[5])},
+                       CompositionConfig(kind="single"), SamplerConfig(kernel="reverse"), [3, RESOLUTION, RESOLUTION])
+
+
 def test_half_precision_variant_weights(tmp_path: Path):
     tiny_pixel_unet().half().save_pretrained(tmp_path / "unet", variant="fp16")
     DDPMScheduler(num_train_timesteps=1000).save_pretrained(tmp_path / "scheduler")

@@ -243,6 +243,19 @@ def target_factory(unet: nn.Module, prediction_type: str, prompt_table: Mapping[
     return plain
 
 
+def class_cycle(unet: nn.Module, class_labels: Sequence[int] | None, key: str) -> list[int] | None:
+    """The classes a class-conditional UNet (``num_class_embeds``) gives sample i: ``class_labels[i % len]``, else
+    i % num_class_embeds (as guidance and ADM models take them); None for a UNet without classes."""
+    classes = getattr(getattr(unet, "config", None), "num_class_embeds", None)
+    if not isinstance(classes, int):
+        return None if class_labels is None else list(class_labels)
+    wrong = [y for y in class_labels or [] if y >= classes]
+    if wrong:
+        raise ValueError(f"{key}.class_labels {wrong} are not classes of this UNet (num_class_embeds={classes}: "
+                         f"0..{classes - 1})")
+    return list(range(classes)) if class_labels is None else list(class_labels)
+
+
 def load_component(path: Path, given: str, key: str, spec: Any, root: Path
                    ) -> tuple[Pipeline, Callable[[NoiseSchedule], DensityTarget]]:
     """A component config's pipeline and the maker of its Target: the UNet and scheduler (:func:`load_pipeline`),
@@ -272,5 +285,6 @@ def load_component(path: Path, given: str, key: str, spec: Any, root: Path
                          "take it (no addition_embed_type: text_time): remove it")
     prediction_type = spec.prediction_type or pipeline.prediction_type or "epsilon"
     make_target = target_factory(pipeline.unet, prediction_type, table, spec.prompts, spec.weights, regions,
-                                 spec.canvas, bool(spec.normalize), spec.class_labels, time_ids)
+                                 spec.canvas, bool(spec.normalize), class_cycle(pipeline.unet, spec.class_labels, key),
+                                 time_ids)
     return pipeline, make_target
