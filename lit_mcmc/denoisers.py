@@ -4,8 +4,9 @@ A network from EDM / k-diffusion-style code is a denoiser on the VE path x_σ = 
 through Karras et al.'s preconditioning D(x, σ) = c_skip(σ) x + c_out(σ) F(c_in(σ) x, c_noise(σ), **cond)
 (:class:`Preconditioned`). On a path x_t = α_t x_0 + σ_t ε, x_t/α_t is the VE variable at σ_t/α_t, so
 x̂_0 = D(x_t/α_t, σ_t/α_t) and the score is (α_t x̂_0 − x_t)/σ_t² (docs/algorithms.md §15.3). A user's network
-becomes a component by naming its class (``network``) and a weights file (:class:`DenoiserConfig`): the weights are read as a
-state dict (``torch.load(weights_only=True)`` or safetensors), never unpickled code (docs/gaussian_paths.md).
+becomes a component by naming its class (``network``) and a weights file (:class:`DenoiserConfig`): the weights are
+read as a state dict (``torch.load(weights_only=True)`` or safetensors), never unpickled code
+(docs/gaussian_paths.md).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ ROLES = ("diffusion", "classifier", "clean_classifier")
 PRETRAINED_ROLE = {"adm": "diffusion", "adm_classifier": "classifier", "diffusers": "diffusion"}
 ADM_FIELDS = ("config", "use_fp16")
 DIFFUSERS_FIELDS = ("subfolder", "torch_dtype", "variant", "prompts", "weights", "embeddings", "regions", "canvas",
-                    "normalize", "prediction_type", "class_labels", "micro_conditioning")
+                    "normalize", "prediction_type", "class_labels", "guidance", "micro_conditioning")
 
 
 @dataclass
@@ -68,6 +68,9 @@ class ComponentConfig:
     and weights file, with or without EDM preconditioning (:class:`~lit_mcmc.denoisers.DenoiserConfig`;
     docs/gaussian_paths.md). It has no levels of its own: ``model.schedule`` gives them (any Gaussian path, e.g.
     ``kind: karras``).
+
+    A diffusers folder whose scheduler is ``FlowMatchEulerDiscreteScheduler`` (SD3, Flux) is read by
+    ``lit_mcmc/pretrained/diffusers/flow.py``; ``guidance`` is Flux's distilled guidance input there.
     """
 
     checkpoint: str | None = None
@@ -91,6 +94,7 @@ class ComponentConfig:
     class_labels: list[int] | None = None
     micro_conditioning: dict[str, list[int]] | None = None
     denoiser: DenoiserConfig | None = None
+    guidance: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.denoiser, dict):  # a config read as plain data
@@ -301,6 +305,13 @@ def load_diffusers(name: str, spec: ComponentConfig, root: Path) -> LoadedCompon
 
     key = f"model.components.{name}"
     path = _resolve(spec.path, root)  # type: ignore[arg-type]
+    from lit_mcmc.pretrained.diffusers import flow
+
+    if flow.is_flow_folder(path):  # SD3 / Flux transformers
+        module, schedule, make_flow = flow.load_flow_component(path, spec.path, key, spec, root)  # type: ignore[arg-type]
+        return LoadedComponent(module, schedule, make_flow, module.decode if module.vae is not None else None)
+    if spec.guidance is not None:
+        raise ValueError(f"{key}.guidance is Flux's distilled guidance input; {path} is not a flow-matching folder")
     pipeline, make_target = adapter.load_component(path, spec.path, key, spec, root)  # type: ignore[arg-type]
     schedule = spec.schedule.build() if spec.schedule is not None else pipeline.schedule
     if schedule is None:
