@@ -252,6 +252,26 @@ def test_sdxl_config_runs_end_to_end(published: Path, tmp_path: Path, restore_en
     assert stats["sampler"] == "HMC-2-curve" and stats["hparams"]["composition"] == "prompt_product"
 
 
+def test_sdxl_tapestry_is_its_regions_prompt_products_in_one_call(published: Path):
+    regions = [{"top": 0, "left": 0, "size": RESOLUTION, "prompt": "a cat", "weight": 3.0},
+               {"top": 0, "left": 4, "size": RESOLUTION, "prompts": ["a dog", "a bird"], "weights": [2.0, -1.0]}]
+    component = ComponentConfig(pretrained="diffusers", path=str(published["sdxl"]), regions=regions,
+                                canvas=[RESOLUTION, RESOLUTION + 4])
+    module = module_for(component, CompositionConfig(kind="tapestry", parts=["sdxl"]), [4, RESOLUTION, RESOLUTION + 4])
+    tapestry = module.target
+    x = torch.randn(2, 4, RESOLUTION, RESOLUTION + 4)
+    calls = count_calls(tapestry.predictor.unet)
+    score = tapestry.score(x, 1)
+    assert calls == [(2 + 3) * 2]
+    expected = torch.zeros_like(x)
+    for region, group in zip(tapestry.regions, tapestry.groups, strict=True):
+        product = PromptProduct(tapestry.predictor.unet, module.schedule, group.embeddings, group.weights,
+                                pooled=group.pooled, time_ids=tapestry.time_ids)
+        window = slice(region.left, region.left + RESOLUTION)
+        expected[..., window] += product.score(x[..., window], 1)
+    torch.testing.assert_close(score, expected, rtol=0, atol=1e-5)
+
+
 def test_sdxl_saved_embeddings_with_pooled_parts_replace_the_encoders(published: Path, tmp_path: Path):
     """The docs' recipe: encode once, save {text: {hidden, pooled}}, and read it through ``embeddings:``."""
     prompts = ["a photo of a snowy mountain", "a lake at sunset"]
