@@ -402,6 +402,16 @@ def test_a_pickled_bin_is_refused_by_name_and_nothing_in_it_runs(published: Path
     assert not marker.exists()
 
 
+def test_plain_bin_weights_pass_the_check_in_either_torch_format(tmp_path: Path):
+    from lit_mcmc.pretrained.diffusers import refuse_pickled_weights
+
+    for zipped in (True, False):
+        folder = tmp_path / f"zip_{zipped}"
+        folder.mkdir()
+        torch.save({"weight": torch.ones(3)}, folder / "pytorch_model.bin", _use_new_zipfile_serialization=zipped)
+        refuse_pickled_weights(folder, "model.components.x.path")
+
+
 def test_safetensors_are_read_and_a_bin_beside_them_is_not(published: Path, tmp_path: Path):
     folder = copy_pipeline(published["sd"], tmp_path / "sd")
     marker = tmp_path / "it_ran"

@@ -57,12 +57,23 @@ def refuse_pickled_weights(folder: Path, key: str) -> None:
         return
     for path in sorted(folder.glob("*.bin")):
         try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            _load_weights_only(path)
         except Exception as err:  # noqa: BLE001 - whatever the unpickler raises, the file is not plain weights
             what = ("it holds pickled Python objects other than tensors" if "weights only" in str(err).lower()
                     else "it is not a PyTorch weights file (truncated, or another format)")
             raise ValueError(f"{path} ({key}) was refused, nothing in it ran: {what}; use .safetensors weights "
                              "(save_pretrained writes them) or a trusted copy of the folder") from None
+
+
+def _load_weights_only(path: Path) -> None:
+    """``torch.load(weights_only=True)`` with the tensors memory-mapped; a file in torch's legacy (pre-zip) format
+    cannot be mapped and is read whole instead."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):
+            raise
+        torch.load(path, map_location="cpu", weights_only=True)
 
 
 def check_tokenizer_packages(folder: Path, key: str) -> None:
