@@ -367,6 +367,12 @@ def test_sd_prompts_are_the_pipelines_own_encoding(published: Path):
                                torch.cat([negative[:1], embeds]), rtol=0, atol=0)
 
 
+def test_a_missing_variant_of_the_text_encoders_names_the_files_there(published: Path):
+    with pytest.raises(ValueError, match=r"cannot load the text encoders .*variant='fp16'; weight files there: "
+                                         r"\{'text_encoder': \['model.safetensors'\]\}"):
+        encode_with_pipeline(published["sd"], ["a cat"], "model.components.sd.path", variant="fp16")
+
+
 # ----- unsafe and preferred weight files -------------------------------------------------------------------------
 
 

@@ -26,6 +26,7 @@ from lit_mcmc.pretrained.diffusers.files import (
     check_tokenizer_packages,
     has_safetensors,
     refuse_pickled_weights,
+    weight_files,
 )
 from lit_mcmc.pretrained.diffusers.unet import TORCH_DTYPES
 
@@ -91,6 +92,10 @@ def load_text_pipeline(folder: Path, key: str, torch_dtype: str | None = None, v
                                               use_safetensors=use_safetensors, **skipped)
     except ImportError as err:
         raise ImportError(f"cannot read the tokenizers/text encoders in {folder} ({key}): {err}") from None
+    except (OSError, ValueError) as err:
+        files = {part: weight_files(folder / part) for part in parts if part.startswith("text_encoder")}
+        raise ValueError(f"cannot load the text encoders in {folder} ({key}; variant={variant!r}; weight files "
+                         f"there: {files}; variant: fp16 reads *.fp16.safetensors): {err}") from None
 
 
 def pipeline_defaults(pipeline: Any) -> dict[str, Any]:
