@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -52,18 +53,20 @@ def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
     return topk_hits(logits, labels, k).float().mean().item()
 
 
-def accuracy_estimates(logits: Tensor, labels: Tensor) -> dict[str, float]:
+def accuracy_estimates(logits: Tensor, labels: Tensor, groups: Tensor | None = None) -> dict[str, float]:
     """R3, top-1 and (with at least 5 classes) top-5 accuracy of logits [N, n_classes], each with its binomial
     standard error and 95 % Wilson interval: ``r3_accuracy``, ``r3_accuracy_se``, ``r3_accuracy_low``,
-    ``r3_accuracy_high``, ``top1_accuracy``, ... Call (an accuracy callback, logits and labels of all samples
-    gathered): ``report.add_metrics(accuracy_estimates(logits, labels))``."""
+    ``r3_accuracy_high``, ``top1_accuracy``, ... ``groups`` (a label per sample: particle resampling groups)
+    gives cluster-robust standard errors and normal intervals. Call (an accuracy callback, logits and labels of all
+    samples gathered): ``report.add_metrics(accuracy_estimates(logits, labels))``."""
     from lit_mcmc.metrics.uncertainty import proportion
 
     hits = {"r3_accuracy": r3_hits(logits.softmax(dim=1), labels)}
     hits.update({f"top{k}_accuracy": topk_hits(logits, labels, k) for k in (1, 5) if k <= logits.shape[1]})
+    group_labels = None if groups is None else np.asarray(groups.cpu() if isinstance(groups, Tensor) else groups)
     out: dict[str, float] = {}
     for name, hit in hits.items():
-        out.update(proportion(hit.cpu().numpy()).as_metrics(name))
+        out.update(proportion(hit.cpu().numpy(), groups=group_labels).as_metrics(name))
     return out
 
 

@@ -162,14 +162,16 @@ def sample_metrics(samples: np.ndarray, reference: np.ndarray, distribution: str
 
 
 def sample_metrics_uncertainty(samples: np.ndarray, reference: np.ndarray, distribution: str = "product",
-                               paper_compat: bool = False, n_boot: int = 200, seed: int = 0) -> dict[str, float]:
+                               paper_compat: bool = False, n_boot: int = 200, seed: int = 0,
+                               groups: np.ndarray | None = None) -> dict[str, float]:
     """:func:`sample_metrics` with a bootstrap over the samples: ``<metric>``, ``<metric>_se``, ``<metric>_low``
     and ``<metric>_high`` (95 % percentile interval) for W2, GMM and (product) LL.
 
     The samples are resampled with replacement, the exact ``reference`` set stays fixed (it is the same for every
     row being compared). Per-sample log-densities are computed once and the reference's GMM fitted once; each
     replicate costs one assignment (W2) and one GMM fit of the resampled set. Non-finite samples: NaN everywhere
-    (LL −inf), as :func:`sample_metrics`. Measured on 1 CPU core, N=1000: about 0.15 s per replicate (30 s for 200).
+    (LL −inf), as :func:`sample_metrics`. ``groups`` (particle resampling groups, a label per sample) resamples
+    whole groups. Measured on 1 CPU core, N=1000: about 0.15 s per replicate (30 s for 200).
 
     Call (a 2D metric callback): ``writer.add_metrics(sample_metrics_uncertainty(samples, reference, "product"))``.
     """
@@ -189,7 +191,7 @@ def sample_metrics_uncertainty(samples: np.ndarray, reference: np.ndarray, distr
         statistics["ll"] = lambda idx: float(log_densities[idx].mean())
     out: dict[str, float] = {}
     for key, statistic in statistics.items():
-        estimate = bootstrap(statistic, len(points), n_boot=n_boot, seed=seed)
+        estimate = bootstrap(statistic, len(points), n_boot=n_boot, seed=seed, groups=groups)
         out.update(estimate.as_metrics(key))
         out[key] = metrics[key]  # the point estimate exactly as sample_metrics computes it
     return out

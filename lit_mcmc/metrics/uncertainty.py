@@ -51,7 +51,8 @@ def normal_estimate(value: float, se: float, level: float = 0.95) -> Estimate:
 
 
 def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 200, seed: int = 0,
-              level: float = 0.95, interval: Interval = "percentile") -> Estimate:
+              level: float = 0.95, interval: Interval = "percentile",
+              groups: np.ndarray | Sequence[int] | None = None) -> Estimate:
     """The nonparametric bootstrap of ``statistic`` over ``n`` samples.
 
     ``statistic(indices)`` computes the metric on the samples ``indices`` (an int array of length n; the value
@@ -61,6 +62,11 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 20
     replicates' quantiles), "basic" (2·value − quantiles, which corrects a bias the resampling adds, e.g. FID's
     upward bias from duplicated samples) or "normal" (value ± z·se). A non-finite value or replicate gives NaN
     standard error and interval (e.g. an LL of −inf).
+
+    ``groups`` (a group label per sample) resamples whole groups instead of samples (the cluster bootstrap):
+    samples of a group are not independent when particle resampling copies them from common ancestors, and the
+    sample bootstrap then understates the standard error. Pass the resampling groups of a particle run, e.g.
+    ``indices // group_size``.
 
     Call: ``bootstrap(lambda idx: float(log_density[idx].mean()), len(log_density)).as_metrics("ll")``.
     """
@@ -72,7 +78,13 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 20
         raise ValueError(f"level={level} must be in (0, 1), e.g. 0.95")
     value = float(statistic(np.arange(n)))
     rng = np.random.default_rng(seed)
-    replicates = np.array([float(statistic(rng.integers(0, n, n))) for _ in range(n_boot)])
+    if groups is None:
+        replicates = np.array([float(statistic(rng.integers(0, n, n))) for _ in range(n_boot)])
+    else:
+        members = _group_members(groups, n)
+        replicates = np.array([float(statistic(np.concatenate([members[g] for g in rng.integers(0, len(members),
+                                                                                                len(members))])))
+                               for _ in range(n_boot)])
     if not (math.isfinite(value) and np.isfinite(replicates).all()):
         nan = float("nan")
         return Estimate(value, nan, nan, nan)
@@ -87,21 +99,42 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 20
     return Estimate(value, se, float(low), float(high))
 
 
-def proportion(hits: np.ndarray | Sequence[bool] | float, n: int | None = None, level: float = 0.95) -> Estimate:
+def _group_members(groups: np.ndarray | Sequence[int], n: int) -> list[np.ndarray]:
+    labels = np.asarray(groups)
+    if labels.shape != (n,):
+        raise ValueError(f"groups must hold one group label per sample ({n}), got shape {labels.shape}")
+    _, inverse = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
+    if len(members) < 2:
+        raise ValueError("the group bootstrap needs at least 2 groups")
+    return members
+
+
+def proportion(hits: np.ndarray | Sequence[bool] | float, n: int | None = None, level: float = 0.95,
+               groups: np.ndarray | Sequence[int] | None = None) -> Estimate:
     """A fraction of hits with its analytic standard error √(p(1−p)/n) and Wilson score interval.
 
     ``hits`` is the per-sample bool array (accuracies: ``r3_hits(...)``), or the fraction p itself with ``n``.
+    ``groups`` (a group label per sample, e.g. particle resampling groups) gives the cluster-robust standard error
+    √(G/(G−1) · Σ_g (h_g − n_g·p)²) / n of G groups with h_g hits among n_g samples, and the normal interval.
     Call: ``proportion(r3_hits(probs, labels).cpu().numpy()).as_metrics("r3_accuracy")``.
     """
     if isinstance(hits, float):
         if n is None:
             raise ValueError("give n, the number of samples, with a fraction p")
+        if groups is not None:
+            raise ValueError("groups need the per-sample hits, not their fraction")
         p = hits
     else:
         array = np.asarray(hits, dtype=np.float64)
         n, p = len(array), float(array.mean()) if len(array) else float("nan")
     if not n:
         raise ValueError("a proportion needs at least one sample")
+    if groups is not None:
+        members = _group_members(groups, n)
+        residuals = np.array([array[idx].sum() - len(idx) * p for idx in members])
+        clusters = len(members)
+        return normal_estimate(p, math.sqrt(clusters / (clusters - 1) * (residuals**2).sum()) / n, level)
     se = math.sqrt(max(p * (1 - p), 0.0) / n)
     z = float(norm.ppf(0.5 + level / 2))
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)

@@ -71,16 +71,23 @@ def test_kid_is_torch_fidelitys_kid() -> None:
     assert kid(fake, real[:300]).value == pytest.approx(unbiased_mmd2(fake, real[:300]), rel=1e-12)
 
 
-def test_kid_standard_error_matches_the_spread_over_fresh_sample_sets() -> None:
-    estimates = [kid(gaussian_features(100, 8, 2 * k, shift=0.15), gaussian_features(100, 8, 2 * k + 1))
-                 for k in range(150)]
-    values = np.array([e.value for e in estimates])
-    assert np.mean([e.se for e in estimates]) == pytest.approx(values.std(ddof=1), rel=0.2)
+@pytest.mark.parametrize("n,m,subsets", [(100, 100, None), (200, 1000, 10)], ids=["equal-sets", "more-real"])
+def test_kid_standard_error_matches_the_spread_over_fresh_sample_sets(n: int, m: int, subsets: int | None) -> None:
+    real = gaussian_features(m, 8, 12345)
+    # against one real set (how rows are compared): the default se is the generated samples' share
+    given_real = [kid(gaussian_features(n, 8, k, shift=0.15), real, n_subsets=subsets) for k in range(60)]
+    spread = np.std([e.value for e in given_real], ddof=1)
+    assert np.mean([e.se for e in given_real]) == pytest.approx(spread, rel=0.25)
+    # fresh real sets too: real_noise adds their share (first order, so on the large side)
+    both = [kid(gaussian_features(n, 8, 100 + k, shift=0.15), gaussian_features(m, 8, 500 + k), n_subsets=subsets,
+                real_noise=True) for k in range(60)]
+    ratio = np.mean([e.se for e in both]) / np.std([e.value for e in both], ddof=1)
+    assert 0.8 < ratio < 1.6
 
 
 def test_kid_of_two_sets_from_one_distribution_is_within_two_standard_errors_of_zero() -> None:
     for seed in range(5):
-        estimate = kid(gaussian_features(500, 16, 10 + seed), gaussian_features(500, 16, 20 + seed))
+        estimate = kid(gaussian_features(500, 16, 10 + seed), gaussian_features(500, 16, 20 + seed), real_noise=True)
         assert abs(estimate.value) < 2 * estimate.se
     shifted = kid(gaussian_features(500, 16, 1, shift=0.3), gaussian_features(500, 16, 2))
     assert shifted.value > 2 * shifted.se

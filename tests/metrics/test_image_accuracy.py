@@ -21,3 +21,18 @@ def test_accuracy_estimates_are_the_accuracies_with_binomial_standard_errors() -
         assert out[f"{name}_se"] == pytest.approx(math.sqrt(value * (1 - value) / 200))
         assert out[f"{name}_low"] < value < out[f"{name}_high"]
     assert "top5_accuracy" not in accuracy_estimates(logits[:, :3], labels % 3)
+
+
+def test_accuracy_of_particle_groups_has_the_clustered_standard_error() -> None:
+    from lit_mcmc.metrics.uncertainty import proportion
+
+    logits = torch.zeros(100, 10)
+    labels = torch.zeros(100, dtype=torch.long)
+    logits[:60, 0] = 10.0  # the first 6 groups of 10 right, the rest wrong: hits copied within groups
+    logits[60:, 1] = 10.0
+    groups = torch.arange(100) // 10
+    out = accuracy_estimates(logits, labels, groups=groups)
+    assert out["top1_accuracy"] == pytest.approx(0.6)
+    assert out["top1_accuracy_se"] == pytest.approx(proportion((logits.argmax(1) == 0).numpy(),
+                                                               groups=groups.numpy()).se)
+    assert out["top1_accuracy_se"] > 3 * math.sqrt(0.6 * 0.4 / 100)

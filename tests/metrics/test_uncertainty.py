@@ -113,3 +113,24 @@ def test_paired_trials_remove_the_spread_the_rows_share() -> None:
 
 def test_estimate_is_a_plain_record() -> None:
     assert Estimate(1.0, 0.1, 0.8, 1.2).as_metrics("fid")["fid_se"] == 0.1
+
+
+def test_group_bootstrap_and_clustered_proportion_see_correlated_samples() -> None:
+    # 40 groups of 25 samples that share a group effect (as particles that share ancestors do)
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(40), 25)
+    data = rng.normal(0, 1, 40)[groups] + rng.normal(0, 0.1, 1000)
+    group_means = data.reshape(40, 25).mean(axis=1)
+    cluster_se = group_means.std(ddof=1) / math.sqrt(40)
+    by_group = bootstrap(lambda idx: data[idx].mean(), 1000, n_boot=400, groups=groups)
+    by_sample = bootstrap(lambda idx: data[idx].mean(), 1000, n_boot=400)
+    assert by_group.se == pytest.approx(cluster_se, rel=0.15)
+    assert by_sample.se < cluster_se / 3  # the sample bootstrap misses the shared part
+    # hits decided per group: the clustered se is the se of the groups' hit rates
+    hits = np.repeat(rng.random(40) < 0.7, 25)
+    clustered = proportion(hits, groups=groups)
+    rates = hits.reshape(40, 25).mean(axis=1)
+    assert clustered.se == pytest.approx(math.sqrt(40 / 39) * rates.std() / math.sqrt(40))
+    assert clustered.se > 4 * proportion(hits).se
+    with pytest.raises(ValueError, match="one group label per sample"):
+        bootstrap(lambda idx: 0.0, 10, n_boot=5, groups=[0, 1])
