@@ -139,9 +139,16 @@ def test_sd3_score_is_minus_eps_over_sigma_from_the_pipelines_own_call(published
                                         pooled_projections=pool.expand(3, -1), return_dict=False)[0]
 
         u_empty = velocity(negative[:1], negative_pooled[:1])
-        u = u_empty + sum(w * (velocity(embeds[i:i + 1], pooled[i:i + 1]) - u_empty) for i, w in enumerate(WEIGHTS))
+        u_prompts = [velocity(embeds[i:i + 1], pooled[i:i + 1]) for i in range(len(WEIGHTS))]
+        u = u_empty + sum(w * (u_i - u_empty) for u_i, w in zip(u_prompts, WEIGHTS, strict=True))
         expected = -(x + (1 - sigma) * u) / sigma
-        torch.testing.assert_close(target.score(x, level), expected, rtol=2e-4, atol=2e-4 / sigma)
+        evaluation = target.evaluate(x, level)
+        torch.testing.assert_close(evaluation.score, expected, rtol=2e-4, atol=2e-4 / sigma)
+        # Σ_j w_j ‖s_j‖² over ∅ (weight 1 − Σ w) and the prompts: what Feynman–Kac particle weights read
+        scores = [-(x + (1 - sigma) * u_j) / sigma for u_j in (u_empty, *u_prompts)]
+        parts = [1 - sum(WEIGHTS), *WEIGHTS]
+        sq_norm = sum(w * s_j.flatten(1).pow(2).sum(1) for w, s_j in zip(parts, scores, strict=True))
+        torch.testing.assert_close(evaluation.parts_sq_norm, sq_norm, rtol=1e-3, atol=1e-3 / sigma**2)
 
 
 def test_flux_score_is_minus_eps_over_sigma_from_the_pipelines_own_call(published):

@@ -31,7 +31,7 @@ from lit_mcmc.pretrained.diffusers.files import (
 )
 from lit_mcmc.pretrained.diffusers.text import PromptEncoding, load_text_pipeline, pipeline_defaults
 from lit_mcmc.pretrained.diffusers.unet import TORCH_DTYPES
-from lit_mcmc.targets import DensityTarget
+from lit_mcmc.targets import DensityTarget, Evaluation
 
 FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
 TRANSFORMERS = {"SD3Transformer2DModel": "sd3", "FluxTransformer2DModel": "flux"}
@@ -98,7 +98,6 @@ class FlowTransformerTarget(DensityTarget):
     """
 
     has_log_prob = False
-    feynman_kac = False  # the product's parts' scores are not returned separately
 
     def __init__(self, transformer: nn.Module, family: str, schedule: NoiseSchedule, hidden: Tensor, pooled: Tensor,
                  weights: Sequence[float] = (), guidance: float | None = None) -> None:
@@ -144,10 +143,22 @@ class FlowTransformerTarget(DensityTarget):
         return out.to(x.dtype).unflatten(0, (rows, batch))
 
     def score_and_log_prob(self, x: Tensor, t: int, with_log_prob: bool) -> tuple[Tensor, None]:
+        return self.evaluate(x, t).score, None
+
+    def evaluate(self, x: Tensor, t: int, with_log_prob: bool = False) -> Evaluation:
+        """The product's score and Σ_j w_j ‖s_j‖² over the densities it combines (the empty prompt with weight
+        1 − Σᵢ wᵢ, prompt i with wᵢ: Feynman–Kac particle weights use it), from one transformer call."""
+        if with_log_prob:
+            self.require_log_prob("with_log_prob=True")
         u = self.velocities(x, t)
-        combined = u[0] + sum(w * (u[i + 1] - u[0]) for i, w in enumerate(self.weights))
         alpha, sigma = self.schedule.level_coefficients(t)
-        return to_score("velocity", combined, x, alpha, sigma), None
+        combined = u[0] + sum(w * (u[i + 1] - u[0]) for i, w in enumerate(self.weights))
+        score = to_score("velocity", combined, x, alpha, sigma)
+        parts = [1.0 - sum(self.weights), *self.weights]
+        sq_norm = sum(w * to_score("velocity", u[j], x, alpha, sigma).flatten(1).pow(2).sum(1)
+                      for j, w in enumerate(parts) if w != 0.0)
+        return Evaluation(score, score, x.new_zeros(x.shape[0]), None, None,
+                          sq_norm if self.weights else None)  # type: ignore[arg-type]
 
 
 class FlowComponent(nn.Module):
