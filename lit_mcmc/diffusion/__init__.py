@@ -9,10 +9,10 @@ predict (ε, v, velocity, x̂_0) and the score (docs/gaussian_paths.md).
 - ``config.py``: :class:`ScheduleConfig`, a schedule as configs write it.
 """
 
-from lit_mcmc.diffusion.config import ScheduleConfig
+from lit_mcmc.diffusion.config import ScheduleConfig, check_trainable_schedule
 from lit_mcmc.diffusion.paths import karras_levels, rectified_flow_levels, resolution_shift, shift_sigmas
 from lit_mcmc.diffusion.reverse import REVERSE_VARIANCES, ReverseVariance, check_eta
 from lit_mcmc.diffusion.schedule import PATHS, NoiseSchedule
 
 __all__ = ["PATHS", "REVERSE_VARIANCES", "NoiseSchedule", "ReverseVariance", "ScheduleConfig", "check_eta",
-           "karras_levels", "rectified_flow_levels", "resolution_shift", "shift_sigmas"]
+           "check_trainable_schedule", "karras_levels", "rectified_flow_levels", "resolution_shift", "shift_sigmas"]

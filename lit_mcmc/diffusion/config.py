@@ -89,3 +89,12 @@ class ScheduleConfig:
                                             80.0 if self.sigma_max is None else self.sigma_max,
                                             7.0 if self.rho is None else self.rho)
         return schedule.respace(self.respace) if self.respace else schedule
+
+
+def check_trainable_schedule(config: ScheduleConfig) -> None:
+    """``lit-mcmc fit`` trains on DDPM schedules: other paths call the network with float times (1000σ, σ), which
+    our networks' level embeddings do not take."""
+    if config.kind not in ("linear", "cosine"):
+        raise ValueError(f"model.schedule.kind={config.kind!r}: lit-mcmc fit trains on DDPM schedules (linear, "
+                         "cosine); sample other Gaussian paths with published flow models (pretrained: diffusers) or "
+                         "your own denoiser (model.components.<name>.denoiser, docs/gaussian_paths.md)")

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from lit_mcmc.checkpoints import check_readable
 from lit_mcmc.compilation import compile_network
-from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
+from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig, check_trainable_schedule
 from lit_mcmc.modules.training import (
     PerRankNoise,
     StopOnDivergence,
@@ -59,6 +59,7 @@ class NoisyClassifierModule(StopOnDivergence, PerRankNoise, L.LightningModule):
         self.save_hyperparameters(ignore=net_hparams_ignore(self, net))
         self.schedule_config = schedule or ScheduleConfig()
         self.schedule: NoiseSchedule = self.schedule_config.build()
+        check_trainable_schedule(self.schedule_config)
         self.net = net
 
     def configure_model(self) -> None:

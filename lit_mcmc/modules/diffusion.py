@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_mcmc.compilation import compile_network
-from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
+from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig, check_trainable_schedule
 from lit_mcmc.modules.training import (
     PerRankNoise,
     StopOnDivergence,
@@ -58,6 +58,7 @@ class DiffusionModule(StopOnDivergence, PerRankNoise, L.LightningModule):
         self.save_hyperparameters(ignore=net_hparams_ignore(self, net))
         self.schedule_config = schedule or ScheduleConfig()
         self.schedule: NoiseSchedule = self.schedule_config.build()
+        check_trainable_schedule(self.schedule_config)
         self.parameterization = parameterization
         self.net = EnergyNet(net, energy_form) if parameterization == "energy" else net
 

@@ -145,3 +145,14 @@ def test_levels_must_be_ordered_and_keep_signal():
         NoiseSchedule.from_levels(torch.ones(3), torch.tensor([0.3, 0.2, 0.5]), torch.zeros(3), "ve")
     with pytest.raises(ValueError, match="α_t > 0"):
         NoiseSchedule.from_levels(torch.tensor([0.5, 0.0]), torch.tensor([0.5, 1.0]), torch.zeros(2), "rectified_flow")
+
+
+@pytest.mark.parametrize("kind", ["rectified_flow", "karras"])
+def test_training_refuses_paths_whose_network_time_is_a_float(kind):
+    from lit_mcmc.modules.classifiers import NoisyClassifierModule
+    from lit_mcmc.modules.diffusion import DiffusionModule
+    from lit_mcmc.nets.mlp import ResMLP
+
+    for module in (DiffusionModule, NoisyClassifierModule):
+        with pytest.raises(ValueError, match=f"model.schedule.kind='{kind}': lit-mcmc fit trains on DDPM schedules"):
+            module(ResMLP(), ScheduleConfig(kind, 10))
