@@ -207,8 +207,13 @@ def quality_family(sample_shape: Sequence[int]) -> tuple[Column, ...]:
 
 
 def metric_columns(quality: Sequence[Column], keys: Sequence[str] = ()) -> list[Column]:
-    """The declared metrics: the quality family, the sampler statistics, then any other metric in ``keys``."""
-    columns = [*quality, *SAMPLER_METRICS]
+    """The declared metrics: the quality family, the sampler statistics, then any other metric in ``keys``; each
+    metric's standard error and interval in ``keys`` right after it, so that they read together."""
+    present = set(keys)
+    columns: list[Column] = []
+    for column in [*quality, *SAMPLER_METRICS]:
+        columns += [column, *(metric_column(column.key + suffix) for suffix in UNCERTAINTY_LABELS
+                              if column.key + suffix in present)]
     known = {column.key for column in columns}
     columns += [metric_column(key) for key in dict.fromkeys(keys) if key not in known]
     return columns

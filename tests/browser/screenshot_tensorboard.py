@@ -185,6 +185,18 @@ class Page:
                 raise TimeoutError(f"no element showing {text!r} on the page")
             await asyncio.sleep(0.5)
 
+    async def click_checkbox(self, label: str, timeout: float = 30) -> None:
+        """Click the checkbox whose label reads ``label`` (the HPARAMS side bar's column switches)."""
+        script = ("(() => { const stack = [document]; while (stack.length) { const root = stack.pop(); "
+                  "for (const el of root.querySelectorAll('*')) { if (el.shadowRoot) stack.push(el.shadowRoot); "
+                  "if (el.tagName.endsWith('-CHECKBOX') && el.textContent.trim() === " + json.dumps(label) + ") { "
+                  "el.click(); return true; } } } return false; })()")
+        deadline = time.monotonic() + timeout
+        while not await self.evaluate(script):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no checkbox labelled {label!r} on the page")
+            await asyncio.sleep(0.5)
+
     async def click_selector(self, selector: str) -> bool:
         """Click the first element matching a CSS selector (in the document, not in shadow roots), if any."""
         return bool(await self.evaluate(f"(() => {{ const el = document.querySelector({json.dumps(selector)}); "
@@ -203,8 +215,10 @@ class Page:
         print(f"wrote {path}", file=sys.stderr)
 
 
-async def take_screenshots(debug_port: int, tensorboard: str, out: Path, settle: float) -> None:
-    """HPARAMS table, HPARAMS parallel coordinates, and the acceptance-per-level chart."""
+async def take_screenshots(debug_port: int, tensorboard: str, out: Path, settle: float,
+                           toggle: Sequence[str] = ()) -> None:
+    """HPARAMS table, HPARAMS parallel coordinates, and the acceptance-per-level chart; with ``toggle``, also the
+    table after clicking those hyper-parameter and metric names in the side bar (shown/hidden columns)."""
     targets = json.loads(wait_for(f"http://127.0.0.1:{debug_port}/json/list", 30))
     page_target = next(t for t in targets if t.get("type") == "page")
     async with aiohttp.ClientSession() as session, session.ws_connect(
@@ -217,6 +231,12 @@ async def take_screenshots(debug_port: int, tensorboard: str, out: Path, settle:
         await page.wait_text("TABLE VIEW")
         await asyncio.sleep(settle)
         await page.screenshot(out / "tensorboard_hparams_table.png")
+        if toggle:
+            for name in toggle:
+                await page.click_checkbox(name)
+                await asyncio.sleep(1.0)  # the side bar re-renders after each switch
+            await asyncio.sleep(settle)
+            await page.screenshot(out / "tensorboard_hparams_columns.png")
         await page.click_text("PARALLEL COORDINATES VIEW")
         await asyncio.sleep(settle)
         await page.screenshot(out / "tensorboard_hparams_parallel.png")
@@ -237,6 +257,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-samples", type=int, default=256, help="samples per oracle variant of the demo")
     parser.add_argument("--smoke", action="store_true", help="add the 2D driver's smoke preset to the demo")
     parser.add_argument("--settle", type=float, default=6.0, help="seconds to let each page render")
+    parser.add_argument("--toggle", nargs="+", default=(), metavar="NAME",
+                        help="hyper-parameter or metric names to click in the HPARAMS side bar before a second table "
+                             "screenshot, tensorboard_hparams_columns.png (e.g. --toggle model seed 'LL s.e.')")
     return parser.parse_args(argv)
 
 
@@ -251,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         with server(tensorboard_command(logdir, tb_port), scratch / "tensorboard.log"), \
                 server(chromium_command(debug_port, scratch / "chromium-profile"), scratch / "chromium.log"):
             wait_for(f"{tensorboard}/data/plugins_listing", 60)
-            asyncio.run(asyncio.wait_for(take_screenshots(debug_port, tensorboard, args.out, args.settle), 300))
+            asyncio.run(asyncio.wait_for(take_screenshots(debug_port, tensorboard, args.out, args.settle,
+                                                          args.toggle), 300))
 
 
 if __name__ == "__main__":

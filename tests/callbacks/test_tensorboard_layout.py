@@ -61,8 +61,14 @@ def test_predict_run_logs_what_distinguishes_samplers_and_declares_its_metrics(t
     assert not {"_instantiator", "checkpoint_root", "components/gmm/analytic", "step_a", "n_points"} & set(
         session.hparams)
     assert not any("/" in str(value) for value in session.hparams.values())
-    assert session.metric_labels[:len(SAMPLER_METRICS)] == SAMPLER_METRICS
-    assert session.metric_tags[:3] == ["metrics/ll", "metrics/w2", "metrics/gmm"]
+    # the metrics in their order, each with its standard error and 95 % interval right after it
+    uncertainty = (" s.e.", " 95 % low", " 95 % high")
+    plain = [label for label in session.metric_labels if not label.endswith(uncertainty)]
+    assert plain[:len(SAMPLER_METRICS)] == SAMPLER_METRICS
+    assert session.metric_labels[:8] == ["LL ↑", "LL s.e.", "LL 95 % low", "LL 95 % high", "W2 ↓", "W2 s.e.",
+                                         "W2 95 % low", "W2 95 % high"]
+    assert session.metric_tags[:5] == ["metrics/ll", "metrics/ll_se", "metrics/ll_low", "metrics/ll_high",
+                                       "metrics/w2"]
     tags = scalar_tags(run_dir)
     assert "hp_metric" not in tags and {"metrics/w2", "metrics/n_nonfinite_log_ratios"} <= tags
     # the per-level curves, one tag each across runs: acceptance and the MH log-ratio's mean
