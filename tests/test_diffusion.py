@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lit_mcmc.diffusion import NoiseSchedule
+from lit_mcmc.diffusion import NoiseSchedule, ScheduleConfig
 
 
 def test_cosine_5_matches_reference_values():
@@ -71,7 +71,7 @@ def test_posterior_variance_and_reverse_step():
 @pytest.mark.parametrize("bad", [dict(kind="quadratic"), dict(T=0)])
 def test_bad_schedule_config(bad):
     with pytest.raises(ValueError, match="kind|T="):
-        NoiseSchedule.from_config(**bad)
+        ScheduleConfig(**bad).build()
 
 
 def test_level_out_of_range():

@@ -168,14 +168,6 @@ class NoiseSchedule:
         check_levels(T)
         return cls.from_levels(*karras_levels(T, sigma_min, sigma_max, rho), "ve")
 
-    @classmethod
-    def from_config(cls, kind: str = "cosine", T: int = 100, respace: int | None = None,  # noqa: N803
-                    **kwargs: object) -> NoiseSchedule:
-        """Build a schedule by name (what configs use): see :class:`~lit_mcmc.diffusion.config.ScheduleConfig`."""
-        from lit_mcmc.diffusion.config import ScheduleConfig
-
-        return ScheduleConfig(kind, T, respace=respace, **kwargs).build()  # type: ignore[arg-type]
-
     def respace(self, n_levels: int) -> NoiseSchedule:
         """Keep ``n_levels`` evenly spaced levels t_k = round(k (T-1)/(K-1)) (improved-diffusion style).
 
