@@ -125,17 +125,17 @@ class FlowTransformerTarget(DensityTarget):
         inputs = x.to(param.dtype).repeat(rows, *([1] * (x.dim() - 1)))
         hidden = self.hidden.to(param).repeat_interleave(batch, 0)
         pooled = self.pooled.to(param).repeat_interleave(batch, 0)
-        time = self.schedule.model_t(t, rows * batch, x.device).to(param.dtype)  # 1000·σ, as the scheduler gives it
+        time = self.schedule.model_t(t, rows * batch, x.device)  # 1000·σ in float32, as the scheduler gives it
         if self.family == "sd3":
             out = self.transformer(hidden_states=inputs, timestep=time, encoder_hidden_states=hidden,
                                    pooled_projections=pooled, return_dict=False)[0]
         else:
-            _, channels, height, width = x.shape
+            _, channels, height, width = x.shape  # FluxPipeline casts the timestep to the latents' dtype
             guidance = None
             if self.guidance is not None:
                 guidance = torch.full((rows * batch,), self.guidance, device=x.device, dtype=param.dtype)
             out = self.transformer(
-                hidden_states=pack_latents(inputs), timestep=time / 1000, guidance=guidance,
+                hidden_states=pack_latents(inputs), timestep=time.to(param.dtype) / 1000, guidance=guidance,
                 pooled_projections=pooled, encoder_hidden_states=hidden,
                 txt_ids=torch.zeros(self.hidden.shape[1], 3, device=x.device, dtype=param.dtype),
                 img_ids=latent_image_ids(height, width, x.device, param.dtype), return_dict=False)[0]
