@@ -29,7 +29,12 @@ from lit_mcmc.pretrained.diffusers.files import (
     refuse_pickled_weights,
     weight_files,
 )
-from lit_mcmc.pretrained.diffusers.text import PromptEncoding, load_text_pipeline, pipeline_defaults
+from lit_mcmc.pretrained.diffusers.text import (
+    PromptEncoding,
+    encode_with_pipeline,
+    load_text_pipeline,
+    pipeline_defaults,
+)
 from lit_mcmc.pretrained.diffusers.unet import TORCH_DTYPES
 from lit_mcmc.targets import DensityTarget, Evaluation
 
@@ -187,26 +192,19 @@ class FlowComponent(nn.Module):
 
 
 @torch.no_grad()
-def encode_flow_prompts(folder: Path, prompts: Sequence[str], key: str, torch_dtype: str | None = None,
+def encode_flow_prompts(folder: Path, family: str, prompts: Sequence[str], key: str, torch_dtype: str | None = None,
                         variant: str | None = None) -> dict[str, PromptEncoding]:
     """{text: PromptEncoding(hidden, pooled)} for "" and ``prompts`` from the pipeline's own ``encode_prompt``.
 
-    SD3's returns (embeds, negative, pooled, negative pooled), the negative being "" here; Flux's returns (embeds,
-    pooled, text ids) and has no negative prompt, so "" is encoded as a prompt. Both take their ``__call__``'s
-    defaults (e.g. ``max_sequence_length``)."""
+    SD3's returns (embeds, negative, pooled, negative pooled), read by ``text.encode_with_pipeline`` (the negative
+    of no negative prompt is ""'s). Flux's returns (embeds, pooled, text ids) and has no negative prompt, so "" is
+    encoded as a prompt, with its ``__call__``'s defaults (e.g. ``max_sequence_length``)."""
+    if family == "sd3":
+        return encode_with_pipeline(folder, prompts, key, torch_dtype, variant)
     pipeline = load_text_pipeline(folder, key, torch_dtype, variant)
     texts = list(dict.fromkeys(["", *prompts]))
-    defaults = pipeline_defaults(pipeline)
-    if "do_classifier_free_guidance" in pipeline.encode_prompt.__code__.co_varnames:  # SD3
-        embeds, negative, pooled, negative_pooled = pipeline.encode_prompt(
-            prompt=texts[1:] or [""], device=torch.device("cpu"), num_images_per_prompt=1,
-            do_classifier_free_guidance=True, negative_prompt=None, **defaults)
-        table = {"": PromptEncoding(negative[0].float(), negative_pooled[0].float())}
-        for i, text in enumerate(texts[1:]):
-            table[text] = PromptEncoding(embeds[i].float(), pooled[i].float())
-        return table
     embeds, pooled, _ = pipeline.encode_prompt(prompt=texts, device=torch.device("cpu"), num_images_per_prompt=1,
-                                               **defaults)
+                                               **pipeline_defaults(pipeline))
     return {text: PromptEncoding(embeds[i].float(), pooled[i].float()) for i, text in enumerate(texts)}
 
 
@@ -272,7 +270,7 @@ def load_flow_component(path: Path, given: str, key: str, spec: Any, root: Path
         file = Path(spec.embeddings) if Path(spec.embeddings).is_absolute() else root / spec.embeddings
         table = read_prompt_embeddings(file, prompts, f"{key}.embeddings")
     else:
-        table = encode_flow_prompts(path, prompts, f"{key}.path", spec.torch_dtype, spec.variant)
+        table = encode_flow_prompts(path, pipeline.family, prompts, f"{key}.path", spec.torch_dtype, spec.variant)
     texts = ["", *dict.fromkeys(prompts)]
     missing = [text for text in texts if table[text].pooled is None]
     if missing:
