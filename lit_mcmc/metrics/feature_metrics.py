@@ -9,7 +9,7 @@ of its samples once, keeps them, and calls these:
   min(N, F)-square matrix, not a pass of the network);
 - :func:`kid`: KID through torch-fidelity's own estimator (``kernel_poly`` and ``mmd2``: the unbiased MMD² of the
   cubic polynomial kernel, averaged over subsets), with an analytic standard error (the first-order variance of
-  a two-sample U-statistic, :func:`kid_variance`);
+  a two-sample U-statistic, :func:`kid_projections`);
 - :func:`precision_recall`: improved precision and recall (Kynkäänniemi et al. 2019) through torch-fidelity's
   ``calculate_precision_recall_full`` (k = 3 nearest neighbours), with binomial standard errors.
 
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch_fidelity.metric_kid import kernel_poly, kid_features_to_metric, mmd2
-from torch_fidelity.metric_prc import calculate_precision_recall_full
+from torch_fidelity.metric_prc import calc_cdist_full, calculate_precision_recall_full
 
-from lit_mcmc.metrics.uncertainty import Estimate, Interval, bootstrap, normal_estimate, proportion
+from lit_mcmc.metrics.uncertainty import Estimate, Interval, bootstrap, mean_se, normal_estimate, proportion
 
 KID_SUBSET_SIZE = 1000  # torch-fidelity's default, capped at the smaller set
 KID_SUBSETS = 100  # torch-fidelity's default
@@ -97,7 +97,8 @@ class FrechetDistance:
 
 
 def fid_bootstrap(features: Tensor | np.ndarray, real_mean: Tensor, real_cov: Tensor, n_boot: int = 200,
-                  seed: int = 0, interval: Interval = "normal", groups: np.ndarray | None = None) -> Estimate:
+                  seed: int = 0, interval: Interval = "normal", groups: np.ndarray | None = None,
+                  strata: np.ndarray | None = None) -> Estimate:
     """FID of generated ``features`` [N, F] against real statistics, with a bootstrap over the generated samples.
 
     The real statistics stay fixed (every row of a comparison uses the same). The standard error is the std of
@@ -107,24 +108,25 @@ def fid_bootstrap(features: Tensor | np.ndarray, real_mean: Tensor, real_cov: Te
     distributions dominates FID and conservative (too large) near the noise floor, where FID is mostly its own
     bias: measured on Gaussian features (F=16, N=200) against the spread over 40 fresh sample sets, ratio 1.2 at
     FID ≈ 17, 1.4 at FID ≈ 5, 3 at FID ≈ 1 (the bootstrap of a squared distance near 0 counts the noise twice).
-    A conservative se only makes the two-SE test of a difference stricter. ``groups`` (a label per sample, e.g.
-    particle resampling groups) resamples whole groups: see :func:`~lit_mcmc.metrics.uncertainty.bootstrap`.
+    A conservative se only makes the two-SE test of a difference stricter. ``strata`` (the class label of each
+    sample of a conditional run) resamples within classes, ``groups`` (particle resampling groups) whole groups:
+    see :func:`~lit_mcmc.metrics.uncertainty.bootstrap`.
     Cost: N=1000, F=2048, on 1 CPU core 5 s to set up and 0.4 s per replicate (85 s for 200); on a GPU, pass
     CUDA tensors.
     Call: ``fid_bootstrap(fake_features, *gaussian_stats_from_sums(...)).as_metrics("fid")``.
     """
     distance = FrechetDistance(real_mean, real_cov, features)
-    return bootstrap(distance, len(distance.features), n_boot=n_boot, seed=seed, interval=interval, groups=groups)
+    return bootstrap(distance, len(distance.features), n_boot=n_boot, seed=seed, interval=interval, groups=groups,
+                     strata=strata)
 
 
-def kid_variance(features: np.ndarray, real_features: np.ndarray, real_size: int) -> tuple[float, float]:
-    """The first-order variance of KID, split into the generated samples' and the real samples' share.
+def kid_projections(features: np.ndarray, real_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """KID's first-order (Hoeffding) projections: a(x_i) = E k(x_i, X') − E k(x_i, Y) for each generated sample
+    and b(y_j) = E k(y_j, Y') − E k(y_j, X) for each real one, as plug-in means over the given features.
 
-    KID is a two-sample U-statistic; to first order its variance is 4·Var(a)/n + 4·Var(b)/M with
-    a(x) = E k(x, X') − E k(x, Y) for a generated sample and b(y) = E k(y, Y') − E k(y, X) for a real one
-    (Hoeffding projections; independent sets, so no covariance). Plug-in estimates over the given features;
-    ``real_size`` is M, the number of real samples KID averages over. Where both sets come from one distribution
-    the first-order terms vanish and the plug-in keeps about the second-order variance, so it errs on the large side.
+    KID is a two-sample U-statistic; to first order it is const + 2·mean(a) + 2·mean(b), so its variance is
+    4·Var(a)/n + 4·Var(b)/M (independent sets: no covariance). Where both sets come from one distribution the
+    first-order terms vanish and the plug-in keeps about the second-order variance: it errs on the large side.
     """
     n, m = len(features), len(real_features)
     kwargs = {"kid_kernel_poly_degree": 3, "kid_kernel_poly_gamma": None, "kid_kernel_poly_coef0": 1}
@@ -133,21 +135,23 @@ def kid_variance(features: np.ndarray, real_features: np.ndarray, real_size: int
     k_yy = kernel_poly(real_features, real_features, **kwargs)
     a = (k_xx.sum(axis=1) - np.diagonal(k_xx)) / (n - 1) - k_xy.mean(axis=1)
     b = (k_yy.sum(axis=1) - np.diagonal(k_yy)) / (m - 1) - k_xy.mean(axis=0)
-    return float(4 * a.var(ddof=1) / n), float(4 * b.var(ddof=1) / real_size)
+    return a, b
 
 
 def kid(features: Tensor | np.ndarray, real_features: Tensor | np.ndarray, subset_size: int | None = None,
         n_subsets: int | None = None, seed: int = 0, real_noise: bool = False,
-        max_real_for_se: int = 2000) -> Estimate:
+        max_real_for_se: int = 2000, groups: np.ndarray | None = None, strata: np.ndarray | None = None) -> Estimate:
     """KID of generated ``features`` [N, F] against ``real_features`` [M, F], with its analytic standard error.
 
     The value is torch-fidelity's ``kid_features_to_metric`` (cubic polynomial kernel (xᵀy/F + 1)³, unbiased
     MMD², mean over ``n_subsets`` random subsets of ``subset_size`` from each set, seeded by ``seed``). Defaults:
     subset_size = min(1000, N, M); n_subsets = 100, or 1 when both sets are exactly subset_size (every subset
-    would be the whole set). The standard error (:func:`kid_variance`) is by default that of the generated
-    samples only, given the real features: the one for comparing rows scored against the same real features
-    (their real-side noise is shared). ``real_noise=True`` adds the real samples' share, for an absolute interval
-    (is KID above 0?). The real side of the estimate uses at most ``max_real_for_se`` real samples (seeded).
+    would be the whole set). The standard error (:func:`kid_projections`: 2 × the standard error of mean(a)) is
+    by default that of the generated samples only, given the real features: the one for comparing rows scored
+    against the same real features (their real-side noise is shared). ``strata`` (class labels of a conditional
+    run) and ``groups`` (particle resampling groups) make it stratified and cluster-robust
+    (:func:`~lit_mcmc.metrics.uncertainty.mean_se`). ``real_noise=True`` adds the real samples' share, for an
+    absolute interval (is KID above 0?). The real side uses at most ``max_real_for_se`` real samples (seeded).
     The interval is value ± 1.96·se. Cost at N=1000, F=2048, 1 CPU core: 0.35 s per subset (35 s for 100). KID is
     in torch-fidelity's units (papers often print KID × 10³).
     Call: ``kid(fake_features, real_features).as_metrics("kid")``.
@@ -165,8 +169,9 @@ def kid(features: Tensor | np.ndarray, real_features: Tensor | np.ndarray, subse
     real_for_se = y.numpy()
     if len(real_for_se) > max_real_for_se:
         real_for_se = real_for_se[np.random.default_rng(seed).choice(len(y), max_real_for_se, replace=False)]
-    generated_var, real_var = kid_variance(x.numpy(), real_for_se, real_size=len(y))
-    return normal_estimate(float(value), math.sqrt(generated_var + (real_var if real_noise else 0.0)))
+    a, b = kid_projections(x.numpy(), real_for_se)
+    variance = (2 * mean_se(a, groups, strata)) ** 2 + (4 * b.var(ddof=1) / len(y) if real_noise else 0.0)
+    return normal_estimate(float(value), math.sqrt(variance))
 
 
 def unbiased_mmd2(features: Tensor | np.ndarray, real_features: Tensor | np.ndarray) -> float:
@@ -178,15 +183,18 @@ def unbiased_mmd2(features: Tensor | np.ndarray, real_features: Tensor | np.ndar
 
 
 def precision_recall(features: Tensor | np.ndarray, real_features: Tensor | np.ndarray, n_real: int | None = None,
-                     neighborhood: int = PRC_NEIGHBORHOOD, seed: int = 0) -> dict[str, Estimate]:
+                     neighborhood: int = PRC_NEIGHBORHOOD, seed: int = 0, groups: np.ndarray | None = None,
+                     strata: np.ndarray | None = None) -> dict[str, Estimate]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) of generated ``features`` [N, F] vs real ones.
 
     Precision: the share of generated samples inside the real k-NN manifold (the union of balls reaching each real
     sample's k-th neighbour); recall: the share of real samples inside the generated manifold. Computed by
     torch-fidelity's ``calculate_precision_recall_full`` (``features_1`` generated, ``features_2`` real). The real
     set is a seeded random subset of ``n_real`` samples, by default N (equal sizes: the radii depend on the set
-    size). Standard errors are binomial, √(p(1−p)/n) over the generated (precision) or real (recall) samples,
-    given the two manifolds: they leave out the manifolds' own sampling noise, so they are a lower bound.
+    size). Standard errors, given the real manifold: precision's from its per-sample hits (stratified by
+    ``strata``, cluster-robust over ``groups``, as :func:`~lit_mcmc.metrics.uncertainty.proportion`); recall's is
+    binomial over the real samples, which leaves out how the generated manifold moves with the generated samples,
+    so it is a rough lower bound.
     Call: ``{k: v for name, e in precision_recall(fake, real).items() for k, v in e.as_metrics(name).items()}``.
     """
     x = _features(features, "features").float().cpu()
@@ -200,25 +208,34 @@ def precision_recall(features: Tensor | np.ndarray, real_features: Tensor | np.n
     if n_real < len(y):
         y = y[torch.from_numpy(np.random.default_rng(seed).choice(len(y), n_real, replace=False))]
     precision, recall = calculate_precision_recall_full(x, y, neighborhood=neighborhood)
-    return {"precision": proportion(float(precision), n=len(x)), "recall": proportion(float(recall), n=len(y))}
+    # the per-sample precision hits, as torch-fidelity decides them, for the standard error
+    real_radii = calc_cdist_full(y, y).kthvalue(neighborhood + 1).values
+    hits = (calc_cdist_full(x, y) <= real_radii).any(dim=1).numpy()
+    if groups is None and strata is None:
+        precision_estimate = proportion(float(precision), n=len(x))
+    else:
+        precision_estimate = normal_estimate(float(precision), proportion(hits, groups=groups, strata=strata).se)
+    return {"precision": precision_estimate, "recall": proportion(float(recall), n=len(y))}
 
 
 def image_feature_metrics(features: Tensor | np.ndarray, real_features: Tensor | np.ndarray,
                           real_stats: tuple[Tensor, Tensor] | None = None, n_boot: int = 200,
-                          seed: int = 0, groups: np.ndarray | None = None) -> dict[str, float]:
+                          seed: int = 0, groups: np.ndarray | None = None,
+                          strata: np.ndarray | None = None) -> dict[str, float]:
     """FID (bootstrap se), KID (analytic se), precision and recall (binomial se) of generated ``features`` against
     ``real_features``, each as ``<name>``, ``<name>_se``, ``<name>_low``, ``<name>_high`` for metrics.json.
 
     ``real_stats`` (mean, covariance) are the real FID statistics when they are known (e.g. the FID callback's
-    cache, :func:`gaussian_stats_from_sums`); otherwise they are computed from ``real_features``. ``groups``
-    (particle resampling groups) makes FID's bootstrap resample whole groups; the KID and precision/recall
-    standard errors assume independent samples, so for particle runs they are too small.
+    cache, :func:`gaussian_stats_from_sums`); otherwise they are computed from ``real_features``. ``strata``
+    (class labels of a conditional run) and ``groups`` (particle resampling groups) shape every standard error
+    but recall's (see :func:`precision_recall`).
     Call (an image metric callback that kept the features of its samples and of the real images):
     ``report.add_metrics(image_feature_metrics(torch.cat(fake_batches), real_features))``.
     """
     real_mean, real_cov = real_stats if real_stats is not None else gaussian_stats(real_features)
-    out = fid_bootstrap(features, real_mean, real_cov, n_boot=n_boot, seed=seed, groups=groups).as_metrics("fid")
-    out.update(kid(features, real_features, seed=seed).as_metrics("kid"))
-    for name, estimate in precision_recall(features, real_features, seed=seed).items():
+    out = fid_bootstrap(features, real_mean, real_cov, n_boot=n_boot, seed=seed, groups=groups,
+                        strata=strata).as_metrics("fid")
+    out.update(kid(features, real_features, seed=seed, groups=groups, strata=strata).as_metrics("kid"))
+    for name, estimate in precision_recall(features, real_features, seed=seed, groups=groups, strata=strata).items():
         out.update(estimate.as_metrics(name))
     return out

@@ -53,12 +53,17 @@ def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
     return topk_hits(logits, labels, k).float().mean().item()
 
 
-def accuracy_estimates(logits: Tensor, labels: Tensor, groups: Tensor | None = None) -> dict[str, float]:
-    """R3, top-1 and (with at least 5 classes) top-5 accuracy of logits [N, n_classes], each with its binomial
-    standard error and 95 % Wilson interval: ``r3_accuracy``, ``r3_accuracy_se``, ``r3_accuracy_low``,
-    ``r3_accuracy_high``, ``top1_accuracy``, ... ``groups`` (a label per sample: particle resampling groups)
-    gives cluster-robust standard errors and normal intervals. Call (an accuracy callback, logits and labels of all
-    samples gathered): ``report.add_metrics(accuracy_estimates(logits, labels))``."""
+def accuracy_estimates(logits: Tensor, labels: Tensor, groups: Tensor | None = None,
+                       stratify: bool = True) -> dict[str, float]:
+    """R3, top-1 and (with at least 5 classes) top-5 accuracy of logits [N, n_classes], each with its standard
+    error and 95 % interval: ``r3_accuracy``, ``r3_accuracy_se``, ``r3_accuracy_low``, ``r3_accuracy_high``,
+    ``top1_accuracy``, ... With ``stratify`` (default) the labels count as fixed, as they are (sample i gets class
+    i % n_classes): the standard error is the per-class binomial one; ``groups`` (particle resampling groups, a
+    label per sample) makes it cluster-robust; both give normal intervals. With neither: binomial √(p(1−p)/n)
+    and the Wilson interval.
+    Call (an accuracy callback, logits and labels of all samples gathered):
+    ``report.add_metrics(accuracy_estimates(logits, labels))``; particle runs add ``groups=indices // group_size``.
+    """
     from lit_mcmc.metrics.uncertainty import proportion
 
     hits = {"r3_accuracy": r3_hits(logits.softmax(dim=1), labels)}
@@ -66,7 +71,8 @@ def accuracy_estimates(logits: Tensor, labels: Tensor, groups: Tensor | None = N
     group_labels = None if groups is None else np.asarray(groups.cpu() if isinstance(groups, Tensor) else groups)
     out: dict[str, float] = {}
     for name, hit in hits.items():
-        out.update(proportion(hit.cpu().numpy(), groups=group_labels).as_metrics(name))
+        strata = labels.cpu().numpy() if stratify else None
+        out.update(proportion(hit.cpu().numpy(), groups=group_labels, strata=strata).as_metrics(name))
     return out
 
 

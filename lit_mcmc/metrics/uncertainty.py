@@ -5,7 +5,8 @@ Plain numpy, no Lightning. What a metric callback or a results table needs:
 - :func:`bootstrap`: the bootstrap of any statistic of N samples, given as a function of the resampled indices, so a
   metric whose samples were already turned into features (FID, the 2D metrics) is resampled without recomputing
   them: ``bootstrap(lambda idx: statistic(features[idx]), len(features))``;
-- :func:`proportion`: the analytic standard error of a fraction of hits (accuracies, precision, recall);
+- :func:`proportion`: the analytic standard error of a fraction of hits (accuracies, precision, recall), and
+  :func:`mean_se` of any per-sample mean, both optionally stratified by class and robust to particle groups;
 - :func:`trials`: mean, sample std, n and standard error of one metric over trials (seeds);
 - :func:`difference`: a difference to a baseline and whether it exceeds two standard errors of the difference
   (Welch: the standard errors of the two sides add in quadrature); :func:`welch` and :func:`paired` of trials;
@@ -52,7 +53,8 @@ def normal_estimate(value: float, se: float, level: float = 0.95) -> Estimate:
 
 def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 200, seed: int = 0,
               level: float = 0.95, interval: Interval = "percentile",
-              groups: np.ndarray | Sequence[int] | None = None) -> Estimate:
+              groups: np.ndarray | Sequence[int] | None = None,
+              strata: np.ndarray | Sequence[int] | None = None) -> Estimate:
     """The nonparametric bootstrap of ``statistic`` over ``n`` samples.
 
     ``statistic(indices)`` computes the metric on the samples ``indices`` (an int array of length n; the value
@@ -63,10 +65,13 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 20
     upward bias from duplicated samples) or "normal" (value ± z·se). A non-finite value or replicate gives NaN
     standard error and interval (e.g. an LL of −inf).
 
-    ``groups`` (a group label per sample) resamples whole groups instead of samples (the cluster bootstrap):
-    samples of a group are not independent when particle resampling copies them from common ancestors, and the
-    sample bootstrap then understates the standard error. Pass the resampling groups of a particle run, e.g.
-    ``indices // group_size``.
+    ``strata`` (a label per sample) resamples within each stratum, keeping its size: pass the class labels of a
+    conditional run, which are fixed by the sample index (i % n_classes), not drawn; resampling them would add
+    the spread of class proportions that no rerun has. ``groups`` (a group label per sample) resamples whole
+    groups instead of samples (the cluster bootstrap): samples of a group are not independent when particle
+    resampling copies them from common ancestors, and the sample bootstrap then understates the standard error.
+    Pass the resampling groups of a particle run, e.g. ``indices // group_size``; each group must lie in one
+    stratum. A stratum of one group (or one sample) contributes no spread.
 
     Call: ``bootstrap(lambda idx: float(log_density[idx].mean()), len(log_density)).as_metrics("ll")``.
     """
@@ -78,13 +83,12 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 20
         raise ValueError(f"level={level} must be in (0, 1), e.g. 0.95")
     value = float(statistic(np.arange(n)))
     rng = np.random.default_rng(seed)
-    if groups is None:
+    if groups is None and strata is None:
         replicates = np.array([float(statistic(rng.integers(0, n, n))) for _ in range(n_boot)])
     else:
-        members = _group_members(groups, n)
-        replicates = np.array([float(statistic(np.concatenate([members[g] for g in rng.integers(0, len(members),
-                                                                                                len(members))])))
-                               for _ in range(n_boot)])
+        plan = resampling_units(n, groups, strata)
+        replicates = np.array([float(statistic(np.concatenate(
+            [units[k] for units in plan for k in rng.integers(0, len(units), len(units))]))) for _ in range(n_boot)])
     if not (math.isfinite(value) and np.isfinite(replicates).all()):
         nan = float("nan")
         return Estimate(value, nan, nan, nan)
@@ -99,47 +103,80 @@ def bootstrap(statistic: Callable[[np.ndarray], float], n: int, n_boot: int = 20
     return Estimate(value, se, float(low), float(high))
 
 
-def _group_members(groups: np.ndarray | Sequence[int], n: int) -> list[np.ndarray]:
-    labels = np.asarray(groups)
+def resampling_units(n: int, groups: np.ndarray | Sequence[int] | None = None,
+                     strata: np.ndarray | Sequence[int] | None = None) -> list[list[np.ndarray]]:
+    """Per stratum, its units (the sample indices of each group, or single samples without ``groups``)."""
+    unit_of = np.arange(n) if groups is None else _labels(groups, n, "groups")
+    stratum_of = np.zeros(n, dtype=np.int64) if strata is None else _labels(strata, n, "strata")
+    plan = []
+    for stratum in np.unique(stratum_of):
+        in_stratum = np.flatnonzero(stratum_of == stratum)
+        units = [in_stratum[unit_of[in_stratum] == unit] for unit in np.unique(unit_of[in_stratum])]
+        plan.append(units)
+    if groups is not None and sum(len(units) for units in plan) != len(np.unique(unit_of)):
+        raise ValueError("every group must lie in one stratum (a particle group shares its label)")
+    if sum(len(units) for units in plan) < 2:
+        raise ValueError("resampling needs at least 2 groups")
+    return plan
+
+
+def _labels(values: np.ndarray | Sequence[int], n: int, name: str) -> np.ndarray:
+    labels = np.asarray(values)
     if labels.shape != (n,):
-        raise ValueError(f"groups must hold one group label per sample ({n}), got shape {labels.shape}")
-    _, inverse = np.unique(labels, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(inverse.max() + 1)]
-    if len(members) < 2:
-        raise ValueError("the group bootstrap needs at least 2 groups")
-    return members
+        raise ValueError(f"{name} must hold one label per sample ({n}), got shape {labels.shape}")
+    return labels
 
 
 def proportion(hits: np.ndarray | Sequence[bool] | float, n: int | None = None, level: float = 0.95,
-               groups: np.ndarray | Sequence[int] | None = None) -> Estimate:
+               groups: np.ndarray | Sequence[int] | None = None,
+               strata: np.ndarray | Sequence[int] | None = None) -> Estimate:
     """A fraction of hits with its analytic standard error √(p(1−p)/n) and Wilson score interval.
 
     ``hits`` is the per-sample bool array (accuracies: ``r3_hits(...)``), or the fraction p itself with ``n``.
-    ``groups`` (a group label per sample, e.g. particle resampling groups) gives the cluster-robust standard error
-    √(G/(G−1) · Σ_g (h_g − n_g·p)²) / n of G groups with h_g hits among n_g samples, and the normal interval.
+    With ``strata`` (class labels fixed by the sample index) and/or ``groups`` (particle resampling groups) the
+    standard error is the stratified, cluster-robust one, √(Σ_s G_s/(G_s−1) · Σ_{g∈s} (h_g − n_g·p_s)²) / n over
+    the G_s groups of stratum s with h_g hits among n_g samples and hit rate p_s (single samples are groups of
+    one), with the normal interval; see :func:`bootstrap` for why.
     Call: ``proportion(r3_hits(probs, labels).cpu().numpy()).as_metrics("r3_accuracy")``.
     """
     if isinstance(hits, float):
         if n is None:
             raise ValueError("give n, the number of samples, with a fraction p")
-        if groups is not None:
-            raise ValueError("groups need the per-sample hits, not their fraction")
+        if groups is not None or strata is not None:
+            raise ValueError("groups and strata need the per-sample hits, not their fraction")
         p = hits
     else:
         array = np.asarray(hits, dtype=np.float64)
         n, p = len(array), float(array.mean()) if len(array) else float("nan")
     if not n:
         raise ValueError("a proportion needs at least one sample")
-    if groups is not None:
-        members = _group_members(groups, n)
-        residuals = np.array([array[idx].sum() - len(idx) * p for idx in members])
-        clusters = len(members)
-        return normal_estimate(p, math.sqrt(clusters / (clusters - 1) * (residuals**2).sum()) / n, level)
+    if groups is not None or strata is not None:
+        return normal_estimate(p, mean_se(array, groups, strata), level)
     se = math.sqrt(max(p * (1 - p), 0.0) / n)
     z = float(norm.ppf(0.5 + level / 2))
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return Estimate(p, se, centre - half, centre + half)
+
+
+def mean_se(values: np.ndarray | Sequence[float], groups: np.ndarray | Sequence[int] | None = None,
+            strata: np.ndarray | Sequence[int] | None = None) -> float:
+    """The standard error of the mean of per-sample ``values``: std/√n, or with ``strata`` and/or ``groups`` the
+    stratified, cluster-robust √(Σ_s G_s/(G_s−1) · Σ_{g∈s} (V_g − n_g·v̄_s)²) / n over the G_s groups of stratum s
+    (V_g the sum of a group's n_g values, v̄_s the stratum's mean; single samples are groups of one; a stratum of
+    one group adds nothing). See :func:`bootstrap` for when to pass which."""
+    array = np.asarray(values, dtype=np.float64)
+    n = len(array)
+    if groups is None and strata is None:
+        return float(array.std(ddof=1)) / math.sqrt(n) if n > 1 else float("nan")
+    variance = 0.0
+    for units in resampling_units(n, groups, strata):
+        if len(units) < 2:
+            continue
+        mean = array[np.concatenate(units)].mean()
+        residuals = np.array([array[idx].sum() - len(idx) * mean for idx in units])
+        variance += len(units) / (len(units) - 1) * float((residuals**2).sum())
+    return math.sqrt(variance) / n
 
 
 @dataclass(frozen=True)

@@ -124,3 +124,28 @@ def test_image_feature_metrics_gathers_every_value_with_its_uncertainty() -> Non
     assert out["fid"] == FrechetDistance(*gaussian_stats(real), fake)() and out["kid"] == kid(fake, real).value
     assert out["recall"] == precision_recall(fake, real)["recall"].value
     assert image_feature_metrics(fake, real, real_stats=gaussian_stats(real[:100]), n_boot=20)["fid"] != out["fid"]
+
+
+def test_strata_and_groups_reach_kid_and_precision() -> None:
+    from lit_mcmc.metrics.feature_metrics import kid_projections
+    from lit_mcmc.metrics.uncertainty import mean_se, proportion
+
+    # two classes fixed by the sample index, far apart in feature space
+    labels = np.arange(200) % 2
+    fake = gaussian_features(200, 8, 1) + torch.from_numpy(labels[:, None] * 3.0)
+    real = gaussian_features(400, 8, 2) + torch.from_numpy((np.arange(400) % 2)[:, None] * 3.0)
+    plain, stratified = kid(fake, real), kid(fake, real, strata=labels)
+    a, _ = kid_projections(fake.numpy(), real.numpy())
+    assert stratified.value == plain.value
+    assert stratified.se == pytest.approx(2 * mean_se(a, strata=labels))
+    assert plain.se == pytest.approx(2 * a.std(ddof=1) / np.sqrt(200))
+    estimates = precision_recall(fake, real, strata=labels)
+    subset = real[torch.from_numpy(np.random.default_rng(0).choice(400, 200, replace=False))].float()
+    direct = prc_features_to_metric(fake.float(), subset, prc_neighborhood=3, prc_batch_size=10000,
+                                    save_cpu_ram=False, verbose=False)
+    assert estimates["precision"].value == direct["precision"]
+    # a generated sample is a hit when it lies within some real sample's distance to its 3rd neighbour
+    radii = torch.cdist(subset, subset).kthvalue(4, dim=1).values
+    hits = (torch.cdist(fake.float(), subset) <= radii).any(dim=1).numpy()
+    assert hits.mean() == pytest.approx(direct["precision"])
+    assert estimates["precision"].se == pytest.approx(proportion(hits, strata=labels).se)

@@ -13,7 +13,7 @@ from lit_mcmc.metrics.images import accuracy_estimates, r3_accuracy, topk_accura
 def test_accuracy_estimates_are_the_accuracies_with_binomial_standard_errors() -> None:
     generator = torch.Generator().manual_seed(0)
     logits, labels = torch.randn(200, 10, generator=generator) * 3, torch.randint(0, 10, (200,), generator=generator)
-    out = accuracy_estimates(logits, labels)
+    out = accuracy_estimates(logits, labels, stratify=False)
     expected = {"r3_accuracy": r3_accuracy(logits.softmax(1), labels),
                 "top1_accuracy": topk_accuracy(logits, labels, 1), "top5_accuracy": topk_accuracy(logits, labels, 5)}
     for name, value in expected.items():
@@ -21,6 +21,12 @@ def test_accuracy_estimates_are_the_accuracies_with_binomial_standard_errors() -
         assert out[f"{name}_se"] == pytest.approx(math.sqrt(value * (1 - value) / 200))
         assert out[f"{name}_low"] < value < out[f"{name}_high"]
     assert "top5_accuracy" not in accuracy_estimates(logits[:, :3], labels % 3)
+    stratified = accuracy_estimates(logits, labels)  # labels fixed by the sample index: per-class binomial
+    hits = (logits.argmax(1) == labels).numpy()
+    per_class = [(hits[labels.numpy() == c].mean(), (labels == c).sum().item()) for c in range(10)]
+    expected = math.sqrt(sum(n * n / (n - 1) * p * (1 - p) for p, n in per_class if n > 1)) / 200
+    assert stratified["top1_accuracy"] == out["top1_accuracy"]
+    assert stratified["top1_accuracy_se"] == pytest.approx(expected)
 
 
 def test_accuracy_of_particle_groups_has_the_clustered_standard_error() -> None:

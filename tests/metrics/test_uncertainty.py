@@ -132,5 +132,23 @@ def test_group_bootstrap_and_clustered_proportion_see_correlated_samples() -> No
     rates = hits.reshape(40, 25).mean(axis=1)
     assert clustered.se == pytest.approx(math.sqrt(40 / 39) * rates.std() / math.sqrt(40))
     assert clustered.se > 4 * proportion(hits).se
-    with pytest.raises(ValueError, match="one group label per sample"):
+    with pytest.raises(ValueError, match=r"groups must hold one label per sample \(10\)"):
         bootstrap(lambda idx: 0.0, 10, n_boot=5, groups=[0, 1])
+    with pytest.raises(ValueError, match="every group must lie in one stratum"):
+        bootstrap(lambda idx: 0.0, 4, n_boot=5, groups=[0, 0, 1, 1], strata=[0, 1, 0, 1])
+
+
+def test_strata_keep_the_class_proportions_a_rerun_keeps() -> None:
+    # two classes of 500 fixed by the sample index, with very different values: resampling across them adds the
+    # spread of the class shares, which no rerun has
+    rng = np.random.default_rng(3)
+    strata = np.arange(1000) % 2
+    data = np.where(strata == 0, 0.0, 10.0) + rng.normal(0, 1, 1000)
+    within = math.sqrt(sum(data[strata == s].var(ddof=1) / 500 for s in (0, 1))) / 2  # se of the mean of the means
+    stratified = bootstrap(lambda idx: data[idx].mean(), 1000, n_boot=400, strata=strata)
+    assert stratified.se == pytest.approx(within, rel=0.15)
+    assert bootstrap(lambda idx: data[idx].mean(), 1000, n_boot=400).se > 5 * within
+    hits = np.where(strata == 0, rng.random(1000) < 0.9, rng.random(1000) < 0.5)
+    rates = [hits[strata == s].mean() for s in (0, 1)]
+    expected = math.sqrt(sum(500 / 499 * 500 * r * (1 - r) for r in rates)) / 1000
+    assert proportion(hits, strata=strata).se == pytest.approx(expected)
