@@ -39,6 +39,9 @@ HEAD_TAIL = 4 * 2**20  # bytes hashed at each end of a larger file
 COMPONENT_FILE_KEYS = ("checkpoint", "path", "embeddings")
 # Keys of the data section that do not change any sample.
 DATA_KEYS_IGNORED = ("batch_size", "output_dir", "n_samples")
+# Settings added after runs were first recorded, with the value that does what runs recorded without them did: a
+# record that lacks one ran with that value. (An optional setting added later is null when unset, needing no entry.)
+ADDED_SETTINGS: dict[str, Any] = {"model.sampler.reverse_eta": 1.0, "model.sampler.step_scaling": "none"}
 # Outputs of a run: a directory holding any of these holds a run.
 RUN_OUTPUTS = (RUN_FILE, "shards", "samples.npz", "stats.json", "step_sizes.json")
 
@@ -125,6 +128,8 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     changed = []
     for key in [*after, *(k for k in before if k not in after)]:
         was, now = before.get(key, missing), after.get(key, missing)
+        if was is missing and (now is None or ADDED_SETTINGS.get(key, missing) == now):
+            continue  # a setting added since that run, at the value the run had
         if was != now:
             if key in new.get("files", {}) or key in old.get("files", {}):
                 detail = "another file (size and SHA-256 differ)" if was is not missing and now is not missing \

@@ -19,6 +19,9 @@ KERNELS = ("reverse", "ula", "mala", "uhmc", "hmc")
 TUNING_KEYS = ("kernel", "n_steps", "step_size", "step_a", "step_b", "correction", "n_points", "quadrature",
                "n_leapfrog", "damping", "mass", "mass_beta_power", "flip_on_reject", "carry_momentum", "reverse",
                "reverse_variance", "min_mcmc_level", "target_accept", "tune_samples", "tune_steps")
+# Settings a step table depends on that were added later: recorded only away from the value that does what tables
+# tuned before them assumed, so that those tables stay valid.
+LATER_TUNING_KEYS = {"step_scaling": "none", "reverse_eta": 1.0}
 QUADRATURE_LABELS = {"trapezoid": "trapezoid", "simpson": "Simpson", "gauss_legendre": "Gauss-Legendre"}
 
 
@@ -184,7 +187,10 @@ class SamplerConfig:
 
     def tuning_settings(self) -> dict[str, object]:
         """The settings a tuned step table depends on (saved with it; a rerun reuses a table only if they match)."""
-        return {name: getattr(self, name) for name in TUNING_KEYS}
+        settings = {name: getattr(self, name) for name in TUNING_KEYS}
+        settings.update({name: getattr(self, name) for name, unchanged in LATER_TUNING_KEYS.items()
+                         if getattr(self, name) != unchanged})
+        return settings
 
     def initial_steps(self, schedule: NoiseSchedule) -> LevelValue:
         """The configured step per level: ``step_size``, or a·β_t^b (the initial guess when adapting)."""

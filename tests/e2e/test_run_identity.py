@@ -163,3 +163,29 @@ def test_a_moved_checkpoint_resumes_and_a_changed_one_is_refused(tmp_path, score
     code, err = run_cli(predict(root, "--model.init_args.checkpoint_root", str(moved), config=config), capsys)
     assert code == 2 and ("(model.components.gmm.checkpoint: another file (size and SHA-256 differ))"
                           in one_error_line(err))
+
+
+def test_settings_added_since_a_run_count_as_unchanged_at_the_value_the_run_had():
+    from lit_mcmc.runs import differences
+
+    old = {"settings": {"model.seed": 0, "model.sampler.kernel": "hmc"}, "files": {}}
+
+    def new(**added):
+        return {"settings": {"model.seed": 0, "model.sampler.kernel": "hmc", **added}, "files": {}}
+
+    # optional settings added unset, and later settings at the value that does what the old code did: the same run
+    assert differences(old, new(**{"model.seeds": None, "model.components.gmm.guidance": None,
+                                   "model.sampler.reverse_eta": 1.0, "model.sampler.step_scaling": "none"})) == []
+    # the same settings at another value: another run
+    assert differences(old, new(**{"model.sampler.reverse_eta": 0.0})) == ["model.sampler.reverse_eta was not set, "
+                                                                           "now 0.0"]
+    assert len(differences(old, new(**{"model.sampler.step_scaling": "path"}))) == 1
+
+
+def test_step_tables_record_later_settings_only_away_from_what_earlier_tables_assumed():
+    from lit_mcmc.samplers import SamplerConfig
+
+    plain = SamplerConfig(kernel="hmc", step_size=0.1, correction="energy").tuning_settings()
+    assert "step_scaling" not in plain and "reverse_eta" not in plain  # tables tuned before them stay valid
+    scaled = SamplerConfig(kernel="hmc", step_size=0.1, correction="energy", step_scaling="path").tuning_settings()
+    assert scaled["step_scaling"] == "path"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from lit_mcmc.experiments.study2d import SAMPLER, SMC_ROWS, STUDY_ROWS, study_phases
 from lit_mcmc.experiments.toy2d import PRESETS, parse_args
 
@@ -67,7 +69,7 @@ def test_study_table_marks_paired_differences_to_the_compared_row():
     base = [0.10, 0.20, 0.30, 0.15, 0.25]
     rows = [row("a", "A", None, base),
             row("shifted", "A + shift", "a", [w + 0.01 for w in base]),  # tiny but in every trial: paired, marked
-            row("noisy", "A + noise", "a", [w + d for w, d in zip(base, (0.05, -0.04, 0.03, -0.05, 0.02))])]
+            row("noisy", "A + noise", "a", list(np.add(base, (0.05, -0.04, 0.03, -0.05, 0.02))))]
     lines = {line.split(" | ")[1]: line.split(" | ") for line in study_table(rows).splitlines()[2:]}
     assert lines["A + shift"][2] == "A" and lines["A + shift"][4].endswith("*")
     assert not lines["A + noise"][4].endswith("*") and not lines["A"][4].endswith("*")
