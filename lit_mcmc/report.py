@@ -44,13 +44,14 @@ def _same(key: str, kind: str = NUMBER) -> Column:
 # Hyper-parameters in display order (HPARAMS shows the first five by default).
 HPARAM_COLUMNS: tuple[Column, ...] = (
     _same("sampler", TEXT), _same("model", TEXT), _same("step_size"), _same("n_steps"), _same("composition", TEXT),
-    _same("step_a"), _same("step_b"), _same("target_accept"), _same("n_leapfrog"), _same("damping"), _same("mass"),
-    _same("mass_beta_power"), _same("kernel", TEXT), _same("correction", TEXT), _same("n_points"),
-    _same("quadrature", TEXT), _same("flip_on_reject", FLAG), _same("carry_momentum", FLAG), _same("reverse", FLAG),
-    _same("reverse_variance", TEXT), _same("min_mcmc_level"), _same("step_table", TEXT), _same("tune_samples"),
-    _same("tune_steps"), _same("levels"), _same("guidance_scale"), _same("mh_scale"), _same("n_samples"),
-    _same("seed"), _same("precision", TEXT), _same("resample", TEXT), _same("resample_group_size"),
-    _same("resample_ess_threshold"), _same("resample_final", TEXT), _same("final_denoise", FLAG),
+    _same("step_a"), _same("step_b"), _same("step_scaling", TEXT), _same("target_accept"), _same("n_leapfrog"),
+    _same("damping"), _same("mass"), _same("mass_beta_power"), _same("kernel", TEXT), _same("correction", TEXT),
+    _same("n_points"), _same("quadrature", TEXT), _same("flip_on_reject", FLAG), _same("carry_momentum", FLAG),
+    _same("reverse", FLAG), _same("reverse_variance", TEXT), _same("reverse_eta"), _same("min_mcmc_level"),
+    _same("step_table", TEXT), _same("tune_samples"), _same("tune_steps"), _same("levels"), _same("guidance_scale"),
+    _same("mh_scale"), _same("n_samples"), _same("seed"), _same("precision", TEXT), _same("resample", TEXT),
+    _same("resample_group_size"), _same("resample_ess_threshold"), _same("resample_final", TEXT),
+    _same("final_denoise", FLAG),
 )
 HPARAM_KEYS = tuple(column.key for column in HPARAM_COLUMNS)
 # Columns shown whatever the runs hold, so that a row always says which sampler on which model it is.
@@ -130,8 +131,12 @@ def relevant_keys(hparams: Mapping[str, Any]) -> set[str]:
     kernel, correction = hparams.get("kernel"), hparams.get("correction")
     if hparams.get("reverse", True):
         used.add("reverse_variance")
+        if hparams.get("reverse_eta", 1.0) not in (1.0, None, "none"):  # DDIM's η, shown away from DDPM's 1
+            used.add("reverse_eta")
     if kernel in (None, "reverse"):
         return used
+    if hparams.get("step_scaling") not in (None, "none"):
+        used.add("step_scaling")
     used |= {"n_steps", "reverse", "min_mcmc_level", "step_table"}
     used |= {"step_size"} if _present(hparams.get("step_size")) else {"step_a", "step_b"}
     if _present(hparams.get("target_accept")):

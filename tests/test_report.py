@@ -59,3 +59,19 @@ def test_hparams_metrics_curves_and_picture_reach_tensorboard(tmp_path):
     curve = {e.step: round(e.value, 6) for e in acc.Scalars("sampler/accept_rate_per_level")}
     assert curve == {0: 0.9, 1: 0.6}
     assert "samples" in acc.Tags()["images"]  # the scatter plot of the samples
+
+
+def test_eta_and_step_scaling_are_shown_only_away_from_what_runs_did_before_them():
+    from types import SimpleNamespace
+
+    from lit_mcmc.report import sampler_hparams
+
+    product = SimpleNamespace(kind="product", scale=None, mh_scale=None)
+
+    def shown(**changes):
+        sampler = SamplerConfig(kernel="hmc", step_size=0.1, correction="energy", reverse=True,
+                                reverse_variance="posterior", **changes)
+        return sampler_hparams(sampler, product, {}, levels=10, seed=0, precision="fp32")
+
+    assert "reverse_eta" not in shown() and "step_scaling" not in shown()
+    assert shown(reverse_eta=0.0)["reverse_eta"] == 0.0 and shown(step_scaling="path")["step_scaling"] == "path"
