@@ -24,15 +24,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lit_mcmc.diffusion import REVERSE_VARIANCES, NoiseSchedule, ReverseVariance, check_eta
-from lit_mcmc.samplers.diagnostics import DegeneracyThresholds, DegenerateSampling
-from lit_mcmc.samplers.kernels import (
+from lit_mcmc.samplers.chain import (
     ACCEPT_RATE,
     NONFINITE_LOG_RATIO_SHARE,
     NONFINITE_SAMPLE_SHARE,
     ChainInfo,
     ChainState,
-    Kernel,
 )
+from lit_mcmc.samplers.diagnostics import DegeneracyThresholds, DegenerateSampling
+from lit_mcmc.samplers.kernels import Kernel
 from lit_mcmc.samplers.levels import record
 from lit_mcmc.samplers.particles import Particles, ResampleConfig
 from lit_mcmc.samplers.random import RandomStream, as_random_stream

@@ -16,14 +16,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor
 
-from lit_mcmc.samplers.chain import (  # noqa: F401  (the level statistics: annealed.py imports them from here)
-    ACCEPT_RATE,
-    NONFINITE_LOG_RATIO_SHARE,
-    NONFINITE_SAMPLE_SHARE,
-    ChainInfo,
-    ChainState,
-    StepInfo,
-)
+from lit_mcmc.samplers.chain import ChainInfo, ChainState, StepInfo
 from lit_mcmc.samplers.corrections import (
     Correction,
     CorrectionName,
