@@ -61,10 +61,17 @@ def build_target(small: bool, levels: int, device: torch.device, dtype: torch.dt
 def run(small: bool, levels: int, batch: int, device: torch.device) -> list[dict[str, Any]]:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     target, size = build_target(small, levels, device, dtype)
+    return time_samplers(target, sampler_configs(), (batch, 4, size, size), levels, dtype, device)
+
+
+def time_samplers(target: Any, configs: dict[str, SamplerConfig], shape: tuple[int, ...], levels: int,
+                  dtype: torch.dtype, device: torch.device) -> list[dict[str, Any]]:
+    """One row per sampler config: samples/s of a timed run after a warm-up run (per-sample seeds 1 and 0), NFE
+    per sample, acceptance and, on a GPU, the peak memory."""
+    batch = shape[0]
     rows = []
-    for name, config in sampler_configs().items():
+    for name, config in configs.items():
         sampler = config.build(target.schedule)
-        shape = (batch, 4, size, size)
         sampler.sample(target, shape, PerSampleRandom(0, torch.arange(batch)), device=device)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,9 @@ from typing import Any
 import torch
 import yaml
 
-from lit_mcmc.benchmarks.diffusers import table
+from lit_mcmc.benchmarks.diffusers import table, time_samplers
 from lit_mcmc.pretrained.diffusers.flow import FlowTransformerTarget, schedule_from_flow_scheduler
-from lit_mcmc.samplers import PerSampleRandom, SamplerConfig
+from lit_mcmc.samplers import SamplerConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "diffusers"
 # transformer/config.json of stabilityai/stable-diffusion-3-medium-diffusers and black-forest-labs/FLUX.1-schnell
@@ -79,24 +78,7 @@ def build_target(family: str, small: bool, levels: int, device: torch.device,
 def run(family: str, small: bool, levels: int, batch: int, device: torch.device) -> list[dict[str, Any]]:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     target, side = build_target(family, small, levels, device, dtype)
-    rows = []
-    for name, config in sampler_configs(family).items():
-        sampler = config.build(target.schedule)
-        shape = (batch, 16, side, side)
-        sampler.sample(target, shape, PerSampleRandom(0, torch.arange(batch)), device=device)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        _, info = sampler.sample(target, shape, PerSampleRandom(1, torch.arange(batch)), device=device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        rows.append({"sampler": name, "batch": batch, "levels": levels, "weights": str(dtype).removeprefix("torch."),
-                     "samples_per_s": batch / seconds, "nfe_per_sample": info.nfe,
-                     "accept_rate": info.accept_rate if info.adjusted else None,
-                     "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None})
-    return rows
+    return time_samplers(target, sampler_configs(family), (batch, 16, side, side), levels, dtype, device)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
