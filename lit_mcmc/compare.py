@@ -258,7 +258,8 @@ def metric_text(row: dict[str, Any], key: str) -> str:
     values = row.get("_trials", {}).get(key, [])
     if len(values) > 1:
         summary = trials(values)
-        text = f"{cell(summary.mean)} ± {cell(summary.std)} (n={summary.n})"
+        spread = f" ± {cell(summary.std)}" if math.isfinite(summary.mean) else ""  # a run at −inf has no spread
+        text = f"{cell(summary.mean)}{spread} (n={summary.n})"
     elif key in row.get("_se", {}):
         text = f"{cell(row[key])} ± {cell(float(row['_se'][key]))} (s.e.)"
     else:

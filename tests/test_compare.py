@@ -186,6 +186,14 @@ def test_runs_that_differ_only_in_seed_are_one_row(trial_runs: Path) -> None:
     assert "| 2 |" in lines["hmc_old_seed1"]
 
 
+def test_a_trial_at_minus_infinity_leaves_the_mean_without_spread(tmp_path: Path) -> None:
+    for seed, ll in enumerate([1.5, float("-inf")]):
+        write_trial(tmp_path / f"r{seed}", seed, {"ll": ll})
+    write_trial(tmp_path / "base", 0, {"ll": 2.0}, sampler=SamplerConfig(kernel="reverse"))
+    text = to_markdown(comparison(find_runs([str(tmp_path)]), baseline="base"))
+    assert "| -inf (n=2), Δ−inf? |" in text
+
+
 def test_ungrouped_lists_every_run(trial_runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = comparison(find_runs([str(trial_runs)]), group=False)
     assert len(table.rows) == 9 and {row["run"] for row in table.rows} >= {"hmc_seed0", "hmc_seed1", "hmc_seed2"}
