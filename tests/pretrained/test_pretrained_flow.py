@@ -215,22 +215,23 @@ def config_module_with(folder: Path, name: str, **changes) -> SamplingModule:
 
 
 @pytest.mark.slow
-def test_one_and_two_processes_give_the_same_sd3_samples(published, tmp_path, restore_environ):
-    """configs/diffusers/sample_sd3_prompt_product_hmc.yaml on the tiny pipeline (3 levels, 6 samples in batches of
-    2, steps a·β^b untuned): two DDP processes on the CPU write the samples one process writes."""
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_one_and_two_processes_give_the_same_samples(published, tmp_path, restore_environ, family):
+    """configs/diffusers/sample_<family>_prompt_product_hmc.yaml on the tiny pipeline (3 levels, 6 samples in
+    batches of 2, steps a·β^b untuned): two DDP processes on the CPU write the samples one process writes."""
     import numpy as np
 
     from tests.e2e.test_distributed import one_and_two_process_samples
 
-    config = yaml.safe_load((CONFIGS / "sample_sd3_prompt_product_hmc.yaml").read_text())
+    config = yaml.safe_load((CONFIGS / f"sample_{family}_prompt_product_hmc.yaml").read_text())
     config["trainer"].update(accelerator="cpu", devices=1, enable_progress_bar=False)
     init = config["model"]["init_args"]
-    init["components"]["sd3"].update(path=str(published["sd3"]), torch_dtype="float32", prompts=PROMPTS,
-                                     weights=WEIGHTS)
+    (component,) = init["components"].values()
+    component.update(path=str(published[family]), torch_dtype="float32", prompts=PROMPTS, weights=WEIGHTS)
     init["sampler"].update(n_steps=1, target_accept=None, step_a=0.01)
     init.update(respace=3, sample_shape=[LATENT, SIDE, SIDE])
     config["data"]["init_args"].update(n_samples=6, batch_size=2)
-    path = tmp_path / "sd3.yaml"
+    path = tmp_path / f"{family}.yaml"
     path.write_text(yaml.safe_dump(config))
     one, two = one_and_two_process_samples(path, tmp_path)
     assert sorted(one) == sorted(two) and "images" in one
