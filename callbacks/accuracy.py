@@ -9,8 +9,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from callbacks.sample_metrics import SampleMetricCallback
-from lit_mcmc.metrics.images import r3_hits
-from lit_mcmc.metrics.uncertainty import proportion
+from lit_mcmc.metrics.images import accuracy_estimates, r3_hits
 
 
 class AccuracyCallback(SampleMetricCallback):
@@ -35,7 +34,7 @@ class AccuracyCallback(SampleMetricCallback):
         if n_classes < 2:
             raise ValueError(f"n_classes={n_classes} must be >= 2")
         self.classifier = classifier.eval().requires_grad_(False)
-        self._n_scored = 0
+        self._scored: list[tuple[Tensor, Tensor]] = []  # (logits, labels) since the last reset
         self.n_classes = n_classes
         self.r3 = MeanMetric()
         self.topk = MetricCollection(
@@ -55,7 +54,7 @@ class AccuracyCallback(SampleMetricCallback):
     def _reset(self) -> None:
         self.r3.reset()
         self.topk.reset()
-        self._n_scored = 0
+        self._scored = []
 
     def _update(self, samples: Tensor, labels: Tensor | None) -> None:
         if labels is None:
@@ -68,17 +67,15 @@ class AccuracyCallback(SampleMetricCallback):
         labels = labels.to(logits.device).long()
         self.r3.update(r3_hits(logits.softmax(dim=1), labels).float())
         self.topk.update(logits, labels)
-        self._n_scored += len(labels)
+        self._scored.append((logits.detach().cpu(), labels.cpu()))
 
     def _compute(self) -> dict[str, float]:
         values = {name: float(value) for name, value in self.topk.compute().items()}
         return {"r3_accuracy": float(self.r3.compute()), **values}
 
     def _uncertainty(self) -> dict[str, float]:
-        """Each accuracy is a share of hits among the n scored samples: its binomial standard error and Wilson
-        interval."""
-        out: dict[str, float] = {}
-        for name, value in list(self.last_values.items()):
-            if name.endswith("accuracy"):
-                out.update(proportion(value, self._n_scored).as_metrics(name))
-        return out
+        """Each accuracy is a share of hits: its standard error per class (the labels are fixed by the sample index,
+        not drawn), cluster-robust over particle groups, and a 95 % interval (the values are torchmetrics')."""
+        logits, labels = (torch.cat(parts) for parts in zip(*self._scored, strict=True))
+        estimates = accuracy_estimates(logits, labels, groups=self.groups, stratify=self.strata is not None)
+        return {key: value for key, value in estimates.items() if key not in self.last_values}

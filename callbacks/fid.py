@@ -207,7 +207,7 @@ class FIDCallback(SampleMetricCallback):
             real_stats = gaussian_stats_from_sums(self.metric.real_features_sum, self.metric.real_features_cov_sum,
                                                   self.metric.real_features_num_samples)
             estimate = fid_bootstrap(features, *(stat.cpu() for stat in real_stats), n_boot=self.n_boot,
-                                     seed=self.seed)
+                                     seed=self.seed, groups=self.groups, strata=self.strata)
             out.update({k: v for k, v in estimate.as_metrics("fid").items() if k != "fid"})  # fid: torchmetrics'
         if self.kid_precision_recall:
             if self.real_features is None:
@@ -218,9 +218,10 @@ class FIDCallback(SampleMetricCallback):
                                "and real samples; left out")
             else:
                 n_real = min(len(features), len(self.real_features))  # equal sets: k-NN radii depend on the size
-                out.update(kid(features, self.real_features, seed=self.seed).as_metrics("kid"))
-                for name, estimate in precision_recall(features, self.real_features, n_real=n_real,
-                                                       seed=self.seed).items():
+                out.update(kid(features, self.real_features, seed=self.seed, groups=self.groups,
+                               strata=self.strata).as_metrics("kid"))
+                for name, estimate in precision_recall(features, self.real_features, n_real=n_real, seed=self.seed,
+                                                       groups=self.groups, strata=self.strata).items():
                     out.update(estimate.as_metrics(name))
         return out
 

@@ -7,12 +7,13 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-from lit_mcmc.run_report import RunReport, run_report, scored_samples
+from lit_mcmc.run_report import RunReport, class_strata, particle_groups, run_report, scored_samples
 
 
 class SampleMetricCallback(Callback, ABC):
@@ -46,6 +47,10 @@ class SampleMetricCallback(Callback, ABC):
         self.n_val_samples = n_val_samples
         self.seed = seed
         self.last_values: dict[str, float] = {}
+        # what the standard errors of the merged samples respect: their class (labels are fixed per index, not
+        # drawn) and, with particle resampling, their group (copies of a common ancestor)
+        self.strata: np.ndarray | None = None
+        self.groups: np.ndarray | None = None
 
     @abstractmethod
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -65,7 +70,8 @@ class SampleMetricCallback(Callback, ABC):
 
     def _uncertainty(self) -> dict[str, float]:
         """Standard errors and 95 % intervals of the merged samples' metrics (``<name>_se``, ``_low``, ``_high``),
-        computed after :meth:`_compute` on global rank zero; none by default."""
+        computed after :meth:`_compute` on global rank zero (with :attr:`strata` and :attr:`groups` set); none by
+        default."""
         return {}
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -112,6 +118,7 @@ class SampleMetricCallback(Callback, ABC):
         merged = report.merged_samples(type(self).__name__)
         self._reset()
         samples, labels = torch.from_numpy(scored_samples(merged)), merged.get("labels")
+        self.strata, self.groups = class_strata(labels), particle_groups(merged, pl_module)
         for start in range(0, len(samples), chunk):
             batch_labels = None if labels is None else torch.from_numpy(labels[start:start + chunk])
             self._update(samples[start:start + chunk].to(pl_module.device), batch_labels)

@@ -10,7 +10,7 @@ import numpy as np
 
 from lit_mcmc.data.toy2d import DISTRIBUTIONS, sample_distribution, seeded_generator
 from lit_mcmc.metrics.toy2d import REFERENCE_SEED, sample_metrics, sample_metrics_uncertainty
-from lit_mcmc.run_report import run_report
+from lit_mcmc.run_report import particle_groups, run_report
 
 matplotlib.use("Agg")
 
@@ -53,16 +53,20 @@ class Toy2DMetrics(L.Callback):
             raise ValueError(f"Toy2DMetrics needs at least 10 samples to fit its 2-component GMMs, got {len(samples)}: "
                              "raise data.n_samples or drop the metrics callback")
         reference = sample_distribution(self.distribution, len(samples), seeded_generator(self.seed)).numpy()
-        self.metrics = self.evaluate(samples, reference)
+        self.metrics = self.evaluate(samples, reference, particle_groups(merged, pl_module))
         report.add_metrics(self.metrics)
         if self.plot:
             title = merged["stats"].get("sampler") or "samples"
             self._plot(samples, reference, report.output_dir / "samples.png", title)
 
-    def evaluate(self, samples: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    def evaluate(self, samples: np.ndarray, reference: np.ndarray,
+                 groups: np.ndarray | None = None) -> dict[str, float]:
+        """The metrics of ``samples`` against the exact ``reference``; the bootstrap resamples whole ``groups`` (the
+        particle groups of a run with resampling) when given."""
         if self.n_boot == 0:
             return sample_metrics(samples, reference, self.distribution, self.paper_compat)
-        return sample_metrics_uncertainty(samples, reference, self.distribution, self.paper_compat, self.n_boot)
+        return sample_metrics_uncertainty(samples, reference, self.distribution, self.paper_compat, self.n_boot,
+                                          groups=groups)
 
     @staticmethod
     def _plot(samples: np.ndarray, reference: np.ndarray, path: Path, title: str) -> None:

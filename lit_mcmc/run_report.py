@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 _ATTRIBUTE = "lit_mcmc_run_report"
 
 
@@ -56,3 +58,22 @@ def scored_samples(outputs: dict[str, Any]) -> Any:
     """What image metrics and pictures look at: the decoded ``images`` of a latent model, else the ``samples``."""
     images = outputs.get("images")
     return images if images is not None else outputs["samples"]
+
+
+def particle_groups(merged: dict[str, Any], pl_module: Any) -> np.ndarray | None:
+    """For a run with particle resampling, each scored sample's particle group (its index // group size): samples
+    copied from a common ancestor are not independent, so standard errors resample whole groups. None otherwise."""
+    resample = getattr(getattr(pl_module, "sampler_config", None), "resample", None)
+    if resample is None:
+        return None
+    return np.asarray(merged["indices"]) // resample.group_size
+
+
+def class_strata(labels: np.ndarray | None) -> np.ndarray | None:
+    """The class of each scored sample as strata for standard errors (labels are fixed by the sample index, not
+    drawn), when every class holds at least two samples; None otherwise (one sample per class, e.g. 1000 ImageNet
+    samples, leaves no spread within a class to measure: the plain standard error is used, which is conservative)."""
+    if labels is None:
+        return None
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    return np.asarray(labels) if counts.min() >= 2 else None

@@ -413,7 +413,7 @@ def test_merged_scoring_reports_standard_errors_kid_and_precision_recall_from_on
     from callbacks.sample_writer import SampleWriter
     from lit_mcmc.data.indices import SampleIndexDataModule
     from lit_mcmc.metrics.feature_metrics import kid, precision_recall
-    from lit_mcmc.metrics.uncertainty import proportion
+    from lit_mcmc.metrics.images import accuracy_estimates
 
     class CountingFeatures(LinearFeatures):
         def __init__(self) -> None:
@@ -439,11 +439,13 @@ def test_merged_scoring_reports_standard_errors_kid_and_precision_recall_from_on
     assert features.images_seen == n + n_real  # every image through the network once
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     fake_features, real_features = LinearFeatures()(quantize(samples)), LinearFeatures()(quantize(real))
-    expected_kid = kid(fake_features, real_features, seed=0)
+    strata = labels.numpy()  # the standard errors count the labels as fixed, class by class
+    expected_kid = kid(fake_features, real_features, seed=0, strata=strata)
     assert metrics["kid"] == pytest.approx(expected_kid.value) and metrics["kid_se"] == pytest.approx(expected_kid.se)
-    for name, estimate in precision_recall(fake_features, real_features, n_real=n, seed=0).items():
+    for name, estimate in precision_recall(fake_features, real_features, n_real=n, seed=0, strata=strata).items():
         assert metrics[name] == pytest.approx(estimate.value) and metrics[f"{name}_se"] == pytest.approx(estimate.se)
     assert metrics["fid_se"] > 0 and metrics["fid_low"] < metrics["fid"] < metrics["fid_high"]
-    top1 = metrics["top1_accuracy"]
-    assert metrics["top1_accuracy_se"] == pytest.approx(proportion(top1, n).se)
+    with torch.no_grad():
+        expected = accuracy_estimates(classifier(samples), labels)
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected)
     assert metrics["r3_accuracy_low"] - 1e-12 <= metrics["r3_accuracy"] <= metrics["r3_accuracy_high"]
