@@ -10,7 +10,7 @@ import torch
 
 from lit_mcmc.metrics.clip_score import ClipScorer
 from lit_mcmc.modules.components import ComponentConfig
-from lit_mcmc.run_report import run_report, scored_samples
+from lit_mcmc.run_report import required_report, scored_samples
 
 
 class ClipScoreCallback(L.Callback):
@@ -57,10 +57,7 @@ class ClipScoreCallback(L.Callback):
         return next(iter(prompted.values()))
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        report = run_report(trainer)
-        if report is None:
-            raise RuntimeError("ClipScoreCallback scores the merged samples: add callbacks.sample_writer.SampleWriter "
-                               "to trainer.callbacks")
+        report = required_report(trainer, "ClipScoreCallback")
         if not trainer.is_global_zero:
             return
         images = torch.from_numpy(scored_samples(report.merged_samples("ClipScoreCallback")))

@@ -10,7 +10,7 @@ import numpy as np
 
 from lit_mcmc.data.toy2d import DISTRIBUTIONS, sample_distribution, seeded_generator
 from lit_mcmc.metrics.toy2d import REFERENCE_SEED, sample_metrics, sample_metrics_uncertainty
-from lit_mcmc.run_report import particle_groups, run_report
+from lit_mcmc.run_report import particle_groups, required_report
 
 matplotlib.use("Agg")
 
@@ -41,10 +41,7 @@ class Toy2DMetrics(L.Callback):
         self.metrics: dict[str, float] = {}
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        report = run_report(trainer)
-        if report is None:
-            raise RuntimeError("Toy2DMetrics scores the merged samples: add callbacks.sample_writer.SampleWriter to "
-                               "trainer.callbacks")
+        report = required_report(trainer, "Toy2DMetrics")
         if not trainer.is_global_zero:
             return
         merged = report.merged_samples("Toy2DMetrics")

@@ -60,6 +60,16 @@ def scored_samples(outputs: dict[str, Any]) -> Any:
     return images if images is not None else outputs["samples"]
 
 
+def required_report(trainer: Any, reader: str) -> RunReport:
+    """The trainer's run report, for a callback (``reader``) that scores the merged samples; without a sample writer,
+    an error that says to add one."""
+    report = run_report(trainer)
+    if report is None:
+        raise RuntimeError(f"{reader} scores the merged samples: add callbacks.sample_writer.SampleWriter to "
+                           "trainer.callbacks")
+    return report
+
+
 def particle_groups(merged: dict[str, Any], pl_module: Any) -> np.ndarray | None:
     """For a run with particle resampling, each scored sample's particle group (its index // group size): samples
     copied from a common ancestor are not independent, so standard errors resample whole groups. None otherwise."""
