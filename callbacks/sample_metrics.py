@@ -10,10 +10,11 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
-from lit_mcmc.run_report import RunReport, class_strata, particle_groups, run_report, scored_samples
+from lit_mcmc.run_report import RunReport, class_strata, estimable, particle_groups, run_report, scored_samples
 
 
 class SampleMetricCallback(Callback, ABC):
@@ -132,7 +133,11 @@ class SampleMetricCallback(Callback, ABC):
         finally:
             for m, value in zip(metrics, previous, strict=True):
                 m.sync_on_compute = value
-        self.last_values.update(self._uncertainty())
+        if estimable(self.groups):
+            self.last_values.update(self._uncertainty())
+        else:
+            rank_zero_warn(f"{type(self).__name__}: the samples form one particle group, so their metrics have no "
+                           "standard errors; draw several groups (data.n_samples a multiple of the group size)")
         report.add_metrics(self.last_values)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

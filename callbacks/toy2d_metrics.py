@@ -10,7 +10,7 @@ import numpy as np
 
 from lit_mcmc.data.toy2d import DISTRIBUTIONS, sample_distribution, seeded_generator
 from lit_mcmc.metrics.toy2d import REFERENCE_SEED, sample_metrics, sample_metrics_uncertainty
-from lit_mcmc.run_report import particle_groups, required_report
+from lit_mcmc.run_report import estimable, particle_groups, required_report
 
 matplotlib.use("Agg")
 
@@ -60,7 +60,7 @@ class Toy2DMetrics(L.Callback):
                  groups: np.ndarray | None = None) -> dict[str, float]:
         """The metrics of ``samples`` against the exact ``reference``; the bootstrap resamples whole ``groups`` (the
         particle groups of a run with resampling) when given."""
-        if self.n_boot == 0:
+        if self.n_boot == 0 or not estimable(groups):  # one particle group: no spread to resample
             return sample_metrics(samples, reference, self.distribution, self.paper_compat)
         return sample_metrics_uncertainty(samples, reference, self.distribution, self.paper_compat, self.n_boot,
                                           groups=groups)

@@ -79,6 +79,12 @@ def particle_groups(merged: dict[str, Any], pl_module: Any) -> np.ndarray | None
     return np.asarray(merged["indices"]) // resample.group_size
 
 
+def estimable(groups: np.ndarray | None) -> bool:
+    """Whether standard errors can be estimated over these particle groups: it takes two groups or more (a single
+    group's samples all descend from the same draws)."""
+    return groups is None or len(np.unique(groups)) >= 2
+
+
 def class_strata(labels: np.ndarray | None) -> np.ndarray | None:
     """The class of each scored sample as strata for standard errors (labels are fixed by the sample index, not
     drawn), when every class holds at least two samples; None otherwise (one sample per class, e.g. 1000 ImageNet

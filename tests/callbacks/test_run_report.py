@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from lit_mcmc.run_report import class_strata, particle_groups
+from lit_mcmc.run_report import class_strata, estimable, particle_groups
 from lit_mcmc.samplers import SamplerConfig
 from lit_mcmc.samplers.particles import ResampleConfig
 
@@ -24,3 +24,7 @@ def test_classes_are_strata_only_when_each_holds_two_samples_or_more():
     assert class_strata(np.array([0, 1, 0, 1])).tolist() == [0, 1, 0, 1]
     assert class_strata(np.arange(4)) is None  # one sample per class: no spread within a class to measure
     assert class_strata(None) is None
+
+
+def test_standard_errors_over_particle_groups_need_two_groups():
+    assert estimable(None) and estimable(np.array([0, 0, 1, 1])) and not estimable(np.array([3, 3, 3]))
