@@ -67,7 +67,8 @@ class AccuracyCallback(SampleMetricCallback):
         labels = labels.to(logits.device).long()
         self.r3.update(r3_hits(logits.softmax(dim=1), labels).float())
         self.topk.update(logits, labels)
-        self._scored.append((logits.detach().cpu(), labels.cpu()))
+        if self.keeping:  # for the standard errors of the merged samples
+            self._scored.append((logits.detach().cpu(), labels.cpu()))
 
     def _compute(self) -> dict[str, float]:
         values = {name: float(value) for name, value in self.topk.compute().items()}

@@ -190,9 +190,11 @@ class FIDCallback(SampleMetricCallback):
 
     def _reset(self) -> None:
         self.metric.reset()
-        self.features.kept = []  # the generated samples' features, for the standard errors, KID and precision/recall
+        self.features.kept = None
 
     def _update(self, samples: Tensor, labels: Tensor | None) -> None:
+        if self.keeping and self.features.kept is None:
+            self.features.kept = []  # the merged samples' features, for the standard errors, KID, precision/recall
         self.metric.update(quantize(samples.to(self.metric.device)), real=False)
 
     def _compute(self) -> dict[str, float]:
@@ -246,11 +248,10 @@ class FIDCallback(SampleMetricCallback):
                 f"FIDCallback has no real statistics: real_stats_path={path} does not exist and real_data is "
                 "None; give real_data (real images in [-1, 1]) to compute them"
             )
-        generated, self.features.kept = self.features.kept, []
+        self.features.kept = []
         for images in _image_batches(self.real_data, self.real_batch_size):
             self.metric.update(quantize(images.to(self.metric.device)), real=True)
         real = self.features.take()
-        self.features.kept = generated
         self.real_features = real[:self.n_real_features] if real is not None else None
         if path is not None:
             self._save_real_stats(path)

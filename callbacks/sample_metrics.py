@@ -52,6 +52,9 @@ class SampleMetricCallback(Callback, ABC):
         # drawn) and, with particle resampling, their group (copies of a common ancestor)
         self.strata: np.ndarray | None = None
         self.groups: np.ndarray | None = None
+        # True while the merged samples are scored: only then do subclasses keep the per-sample values (features,
+        # logits) that the standard errors need, not during validation or per-batch scoring
+        self.keeping = False
 
     @abstractmethod
     def _prepare(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -118,6 +121,15 @@ class SampleMetricCallback(Callback, ABC):
         """Score the merged samples on this rank alone (the other ranks do not join a sync)."""
         merged = report.merged_samples(type(self).__name__)
         self._reset()
+        self.keeping = True
+        try:
+            self._score_all(merged, pl_module, chunk)
+        finally:
+            self.keeping = False
+        report.add_metrics(self.last_values)
+
+    def _score_all(self, merged: dict[str, Any], pl_module: LightningModule, chunk: int) -> None:
+        """The metrics of the merged samples and their uncertainty, into :attr:`last_values`."""
         samples, labels = torch.from_numpy(scored_samples(merged)), merged.get("labels")
         self.strata, self.groups = class_strata(labels), particle_groups(merged, pl_module)
         for start in range(0, len(samples), chunk):
@@ -138,7 +150,6 @@ class SampleMetricCallback(Callback, ABC):
         else:
             rank_zero_warn(f"{type(self).__name__}: the samples form one particle group, so their metrics have no "
                            "standard errors; draw several groups (data.n_samples a multiple of the group size)")
-        report.add_metrics(self.last_values)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._due(trainer):

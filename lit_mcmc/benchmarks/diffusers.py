@@ -109,13 +109,18 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.levels < 2 or args.batch < 1:
         parser.error("--levels must be >= 2 and --batch >= 1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = run(args.small, args.levels, args.batch, device)
+    return report(run(args.small, args.levels, args.batch, device), args.out, device, small=args.small)
+
+
+def report(rows: list[dict[str, Any]], out: Path | None, device: torch.device, **meta: Any) -> str:
+    """Prints the rows' table and returns it; with ``out``, writes OUT.json (the device, ``meta`` and the rows)
+    and OUT.md (the table)."""
     text = table(rows)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "small": args.small}
-        args.out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
-        args.out.with_suffix(".md").write_text(text + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        out.with_suffix(".json").write_text(json.dumps({"device": device_name, **meta, "rows": rows}, indent=2))
+        out.with_suffix(".md").write_text(text + "\n")
     print(text)
     return text
 

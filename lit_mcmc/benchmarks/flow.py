@@ -13,7 +13,6 @@ Run ``python -m lit_mcmc.benchmarks.flow --family sd3 --out runs/bench/sd3`` (an
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from lit_mcmc.benchmarks.diffusers import table, time_samplers
+from lit_mcmc.benchmarks.diffusers import report, time_samplers
 from lit_mcmc.pretrained.diffusers.flow import FlowTransformerTarget, schedule_from_flow_scheduler
 from lit_mcmc.samplers import SamplerConfig
 
@@ -92,16 +91,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     if args.levels < 2 or args.batch < 1:
         parser.error("--levels must be >= 2 and --batch >= 1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = run(args.family, args.small, args.levels, args.batch, device)
-    text = table(rows)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "family": args.family, "small": args.small}
-        args.out.with_suffix(".json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
-        args.out.with_suffix(".md").write_text(text + "\n")
-    print(text)
-    return text
+    return report(run(args.family, args.small, args.levels, args.batch, device), args.out, device,
+                  family=args.family, small=args.small)
 
 
 if __name__ == "__main__":
